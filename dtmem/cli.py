@@ -1,0 +1,77 @@
+"""The ``dtmem`` command line: one subcommand per pipeline stage.
+
+Every stage reads ``CONFIG.yaml`` and takes ``--set dotted.key=value`` overrides. Heavy
+libraries (torch, Ray, MLflow, peft) are imported inside the commands, so ``dtmem --help``
+answers at once. Bad input ends with a one-line ``error: ...`` and exit code 2; set
+``DTMEM_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="dtmem",
+    help="DT-Mem: Decision Transformers with working memory, on Ray and MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="The stage's YAML config.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config field: dotted.key=value (repeatable)."),
+]
+
+T = TypeVar("T")
+
+
+@app.callback()
+def _root() -> None:
+    """DT-Mem: Decision Transformers with working memory, on Ray and MLflow."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    typer.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Runs a stage; bad input becomes a one-line error and exit code 2."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
+        if os.environ.get("DTMEM_DEBUG"):
+            raise
+        fail(str(exc))
+        raise  # unreachable: fail() raises
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    slots: Annotated[int, typer.Option(help="Memory slots.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a tiny DT-Mem on synthetic data and print its loss falling (no Ray, no MLflow)."""
+    from pipelines.demo import run_demo
+
+    guarded(lambda: run_demo(steps=steps, slots=slots, seed=seed))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

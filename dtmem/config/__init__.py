@@ -1,0 +1,1 @@
+"""Typed, frozen configs for the model and every pipeline."""

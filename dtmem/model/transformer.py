@@ -1,0 +1,311 @@
+"""Decision Transformer with working memory (DT-Mem), and the plain DT from the same blocks.
+
+Each step of the window becomes ``n_tok`` tokens, in MDT's order::
+
+    [obs_1 .. obs_n]  R  a  (r)        n_tok = n_obs + 2, +1 with the Atari reward token
+
+and each block is (pre-LayerNorm, residual everywhere)::
+
+    x = x + CausalSelfAttention(LN1(x))
+    x = x + WorkingMemory(LN_m(x), state)      # write, then read (absent in a plain DT)
+    x = x + MLP(LN2(x))
+
+Predictions are read where their inputs are visible and their targets are not: the action at
+the return token (it sees obs_t and R_t, never a_t), the return distribution at the last
+observation token (it sees obs_t, not R_t), the reward at the action token. Every window
+starts from the learned initial memory M_0, in training and in evaluation alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dtmem.model.encoders import ConvEncoder, PatchEncoder, VectorEncoder
+from dtmem.model.memory import MemoryState, WorkingMemory
+
+# MDT's return discretisation: integer returns in [RETURN_MIN, RETURN_MIN + RETURN_BINS).
+RETURN_MIN, RETURN_BINS = -20, 120
+# MDT's reward classes: 0 none, 1 positive, 3 negative (2 unused).
+REWARD_CLASSES = 4
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a consumer of the model (training, rollout) must know about its inputs."""
+
+    encoder: Literal["vector", "conv", "patch"]
+    obs_shape: tuple[int, ...]
+    action_kind: Literal["discrete", "continuous"]
+    num_actions: int  # discrete actions (0 when continuous)
+    act_dim: int  # continuous action size (0 when discrete)
+    context: int  # K
+    tokens_per_step: int
+    return_bins: int  # 120 with Atari heads, else 0
+    return_min: int  # the return that bin 0 stands for
+    return_scale: float  # continuous return-to-go is divided by it before the model
+    has_memory: bool
+
+
+@dataclass(frozen=True)
+class DTOutput:
+    """action:        (B, K, num_actions) logits, or (B, K, act_dim) in [-1, 1]
+    return_logits: (B, K, 120) or None (no Atari heads)
+    reward_logits: (B, K, 4) or None
+    memory:        each block's memory state after the window (empty for a plain DT)
+    """
+
+    action: torch.Tensor
+    return_logits: torch.Tensor | None
+    reward_logits: torch.Tensor | None
+    memory: tuple[MemoryState, ...]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2 MLP: Linear(d, 4d), GELU, Linear(4d, d)."""
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, 4 * d_model)
+        self.proj = nn.Linear(4 * d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Attend, then (with memory) write and read, then the MLP: think before you act."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float, memory: WorkingMemory | None):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_head, dropout)
+        self.ln_m = nn.LayerNorm(d_model) if memory is not None else None
+        self.memory = memory
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, dropout)
+
+    def forward(
+        self, x: torch.Tensor, state: MemoryState | None
+    ) -> tuple[torch.Tensor, MemoryState | None]:
+        x = x + self.attn(self.ln_1(x))
+        if self.memory is not None and self.ln_m is not None and state is not None:
+            read, state = self.memory(self.ln_m(x), state)
+            x = x + read
+        x = x + self.mlp(self.ln_2(x))
+        return x, state
+
+
+class DecisionTransformer(nn.Module):
+    """DT-Mem when ``memory_slots > 0``, else a plain Decision Transformer.
+
+    Args (flat, so that the module never sees a config object):
+        encoder: "vector", "conv" or "patch".
+        obs_dim: vector observation size ("vector" only).
+        action_kind / num_actions / act_dim: the action space.
+        atari_heads: MDT's return bins (input and head), reward token and reward head.
+        return_scale: recorded in ``spec`` for consumers; inputs arrive already scaled.
+        context: K, the longest window.
+        n_layer / n_head / d_model / dropout: the transformer.
+        max_timestep: size of an episode-timestep embedding (0: none).
+        memory_slots / memory_width / memory_heads / memory_erase / memory_addressing /
+        memory_init_std: the working memory in every block (slots 0: none).
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: Literal["vector", "conv", "patch"],
+        obs_dim: int,
+        action_kind: Literal["discrete", "continuous"],
+        num_actions: int,
+        act_dim: int,
+        atari_heads: bool,
+        return_scale: float,
+        context: int,
+        n_layer: int,
+        n_head: int,
+        d_model: int,
+        dropout: float,
+        max_timestep: int,
+        memory_slots: int,
+        memory_width: int,
+        memory_heads: int,
+        memory_erase: Literal["slot", "channel"] = "slot",
+        memory_addressing: Literal["previous", "initial"] = "previous",
+        memory_init_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if encoder == "vector":
+            self.encoder: nn.Module = VectorEncoder(obs_dim, d_model)
+        elif encoder == "conv":
+            self.encoder = ConvEncoder(d_model)
+        elif encoder == "patch":
+            self.encoder = PatchEncoder(d_model)
+        else:
+            raise ValueError(f"unknown encoder {encoder!r}: expected vector, conv or patch")
+        n_obs = int(self.encoder.n_tokens)
+        n_tok = n_obs + 2 + (1 if atari_heads else 0)
+        self.n_obs_tokens = n_obs
+        self.spec = ModelSpec(
+            encoder=encoder,
+            obs_shape=tuple(self.encoder.obs_shape),
+            action_kind=action_kind,
+            num_actions=num_actions if action_kind == "discrete" else 0,
+            act_dim=act_dim if action_kind == "continuous" else 0,
+            context=context,
+            tokens_per_step=n_tok,
+            return_bins=RETURN_BINS if atari_heads else 0,
+            return_min=RETURN_MIN,
+            return_scale=return_scale,
+            has_memory=memory_slots > 0,
+        )
+
+        # Token embeddings.
+        if atari_heads:
+            self.embed_return: nn.Module = nn.Embedding(RETURN_BINS, d_model)
+            self.embed_reward: nn.Module | None = nn.Embedding(REWARD_CLASSES, d_model)
+        else:
+            self.embed_return = nn.Linear(1, d_model)
+            self.embed_reward = None
+        if action_kind == "discrete":
+            self.embed_action: nn.Module = nn.Embedding(num_actions, d_model)
+        else:
+            self.embed_action = nn.Linear(act_dim, d_model)
+        self.pos_emb = nn.Parameter(torch.zeros(context * n_tok, d_model))  # learned positions
+        self.embed_timestep = nn.Embedding(max_timestep, d_model) if max_timestep > 0 else None
+        self.drop = nn.Dropout(dropout)
+
+        self.blocks = nn.ModuleList(
+            Block(
+                d_model,
+                n_head,
+                dropout,
+                WorkingMemory(
+                    d_model,
+                    slots=memory_slots,
+                    width=memory_width,
+                    heads=memory_heads,
+                    tokens_per_step=n_tok,
+                    erase=memory_erase,
+                    addressing=memory_addressing,
+                    init_std=memory_init_std,
+                )
+                if memory_slots > 0
+                else None,
+            )
+            for _ in range(n_layer)
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+
+        # Heads.
+        out_dim = num_actions if action_kind == "discrete" else act_dim
+        self.action_head = nn.Linear(d_model, out_dim)
+        self.return_head = nn.Linear(d_model, RETURN_BINS) if atari_heads else None
+        self.reward_head = nn.Linear(d_model, REWARD_CLASSES) if atari_heads else None
+
+        self.apply(self._init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def encode_observations(self, observations: torch.Tensor) -> torch.Tensor:
+        """(B, K, *obs_shape) -> (B, K, n_obs, d). Per step, so a rollout may cache it."""
+        return self.encoder(observations)
+
+    def forward(
+        self,
+        observations: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> DTOutput:
+        """A window of K <= context steps (formats in dtmem/batch.py) -> predictions per step."""
+        obs_tokens = self.encode_observations(observations)
+        return self.forward_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
+
+    def forward_tokens(
+        self,
+        obs_tokens: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> DTOutput:
+        """As ``forward``, from already encoded observations (B, K, n_obs, d)."""
+        B, K, n_obs, d = obs_tokens.shape
+        spec = self.spec
+        if spec.context < K:
+            raise ValueError(f"window of {K} steps is longer than the context {spec.context}")
+        if spec.return_bins:
+            ret = self.embed_return(returns_to_go.long())  # (B, K, d)
+        else:
+            ret = self.embed_return(returns_to_go.unsqueeze(-1).to(obs_tokens.dtype))
+        if spec.action_kind == "discrete":
+            act = self.embed_action(actions.long())  # (B, K, d)
+        else:
+            act = self.embed_action(actions.to(obs_tokens.dtype))
+        parts = [obs_tokens, ret.unsqueeze(2), act.unsqueeze(2)]
+        if self.embed_reward is not None:
+            parts.append(self.embed_reward(rewards.long()).unsqueeze(2))
+        x = torch.cat(parts, dim=2)  # (B, K, n_tok, d)
+        if self.embed_timestep is not None:
+            t = timesteps.long().clamp(0, self.embed_timestep.num_embeddings - 1)
+            x = x + self.embed_timestep(t).unsqueeze(2)
+        n_tok = x.shape[2]
+        x = x.reshape(B, K * n_tok, d) + self.pos_emb[: K * n_tok]  # (B, L, d)
+        x = self.drop(x)
+
+        states: list[MemoryState] = []
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            state = block.memory.initial_state(B) if block.memory is not None else None
+            x, state = block(x, state)
+            if state is not None:
+                states.append(state)
+        x = self.ln_f(x).view(B, K, n_tok, d)
+
+        action = self.action_head(x[:, :, n_obs])  # at the return token
+        if spec.action_kind == "continuous":
+            action = torch.tanh(action)
+        return_logits = reward_logits = None
+        if self.return_head is not None and self.reward_head is not None:
+            return_logits = self.return_head(x[:, :, n_obs - 1])  # at the last obs token
+            reward_logits = self.reward_head(x[:, :, n_obs + 1])  # at the action token
+        return DTOutput(action, return_logits, reward_logits, tuple(states))

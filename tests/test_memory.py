@@ -1,0 +1,140 @@
+"""The working memory against a plain float64 loop written from the spec's equations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dtmem.model.memory import DenseMemory, FactoredMemory, WorkingMemory
+
+
+def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
+    """Builds M_t explicitly, one sample, step, token, head and slot at a time."""
+    B, L, d = h.shape
+    n_tok, H, d_h, N = mem.tokens_per_step, mem.heads, mem.head_dim, mem.slots
+    K = L // n_tok
+    out = torch.zeros(B, L, d, dtype=h.dtype)
+    for b in range(B):
+        M0 = mem.initial_memory.detach().clone()
+        M = M0.clone()
+        for t in range(K):
+            for j in range(t * n_tok, (t + 1) * n_tok):  # read M_{t-1}
+                y = mem.read_key(mem.read_query(h[b, j]))
+                r = torch.zeros(mem.width, dtype=h.dtype)
+                for hd in range(H):
+                    sl = slice(hd * d_h, (hd + 1) * d_h)
+                    scores = torch.stack([M[i, sl] @ y[sl] for i in range(N)]) / math.sqrt(d_h)
+                    alpha = torch.softmax(scores, dim=0)
+                    r[sl] = sum(alpha[i] * M[i, sl] for i in range(N))
+                out[b, j] = mem.out(mem.read_value(r))
+            e = h[b, (t + 1) * n_tok - 1]  # write from the step's last token
+            x = mem.write_query(mem.write_key(e))
+            a = mem.add(e)
+            g = torch.sigmoid(mem.erase_gate(e))
+            addressed = M0 if mem.addressing == "initial" else M
+            new = M.clone()
+            for hd in range(H):
+                sl = slice(hd * d_h, (hd + 1) * d_h)
+                scores = torch.stack([addressed[i, sl] @ x[sl] for i in range(N)])
+                w = torch.softmax(scores / math.sqrt(d_h), dim=0)
+                for i in range(N):
+                    gate = g[hd] if mem.erase == "slot" else g[sl]
+                    new[i, sl] = (1 - gate * w[i]) * M[i, sl] + w[i] * a[sl]
+            M = new
+    return out
+
+
+def make_memory(erase: str = "slot", addressing: str = "previous", **kw) -> WorkingMemory:
+    args = dict(d_model=11, slots=7, width=6, heads=2, tokens_per_step=3)
+    args.update(kw)
+    mem = WorkingMemory(erase=erase, addressing=addressing, **args)  # type: ignore[arg-type]
+    for p in mem.parameters():  # make every projection matter
+        torch.nn.init.normal_(p, std=0.5)
+    return mem.double()
+
+
+@pytest.mark.parametrize(
+    ("erase", "addressing"), [("slot", "previous"), ("slot", "initial"), ("channel", "previous")]
+)
+def test_matches_plain_loop_reference(erase: str, addressing: str) -> None:
+    torch.manual_seed(0)
+    mem = make_memory(erase, addressing)
+    h = torch.randn(3, 5 * 3, 11, dtype=torch.float64)
+    out, _ = mem(h, mem.initial_state(3))
+    with torch.no_grad():
+        ref = reference_memory(mem, h)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_state_carries_across_windows() -> None:
+    """The returned state is the whole memory: two half windows equal one whole window."""
+    torch.manual_seed(1)
+    mem = make_memory(heads=3)
+    h = torch.randn(2, 6 * 3, 11, dtype=torch.float64)
+    whole, end = mem(h, mem.initial_state(2))
+    first, mid = mem(h[:, :9], mem.initial_state(2))
+    second, end2 = mem(h[:, 9:], mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
+    assert isinstance(end, FactoredMemory) and isinstance(end2, FactoredMemory)
+    torch.testing.assert_close(end.decay, end2.decay)
+    m_end = (
+        end.decay.unsqueeze(-1) * mem._heads_of_memory() + end.contrib.transpose(2, 3) @ end.adds
+    )
+    m_end2 = (
+        end2.decay.unsqueeze(-1) * mem._heads_of_memory() + end2.contrib.transpose(2, 3) @ end2.adds
+    )
+    torch.testing.assert_close(m_end, m_end2)
+
+
+def test_factored_state_equals_dense_memory() -> None:
+    """P M_0 + C A after K writes is the memory the plain loop builds."""
+    torch.manual_seed(2)
+    mem = make_memory()
+    h = torch.randn(1, 4 * 3, 11, dtype=torch.float64)
+    _, state = mem(h, mem.initial_state(1))
+    assert isinstance(state, FactoredMemory)
+    M = (
+        state.decay.unsqueeze(-1) * mem._heads_of_memory()
+        + state.contrib.transpose(2, 3) @ state.adds
+    )
+    dense = make_memory(erase="channel")
+    # Same weights, but an erase gate per channel that repeats the per-head gate.
+    sd = {k: v for k, v in mem.state_dict().items() if not k.startswith("erase_gate")}
+    dense.load_state_dict(sd, strict=False)
+    with torch.no_grad():
+        dense.erase_gate.weight.copy_(mem.erase_gate.weight.repeat_interleave(mem.head_dim, 0))
+        dense.erase_gate.bias.copy_(mem.erase_gate.bias.repeat_interleave(mem.head_dim, 0))
+    _, dstate = dense(h, dense.initial_state(1))
+    assert isinstance(dstate, DenseMemory)
+    torch.testing.assert_close(M, dstate.memory)
+
+
+@pytest.mark.parametrize("erase", ["slot", "channel"])
+def test_gradients_finite_with_zero_memory(erase: str) -> None:
+    torch.manual_seed(3)
+    mem = make_memory(erase).float()
+    with torch.no_grad():
+        mem.initial_memory.zero_()
+    h = torch.randn(3, 7 * 3, 11, requires_grad=True)
+    out, _ = mem(h, mem.initial_state(3))
+    out.square().sum().backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all()
+    for name, p in mem.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert mem.initial_memory.grad is not None and mem.initial_memory.grad.abs().sum() > 0
+
+
+def test_state_type_must_match_erase_mode() -> None:
+    mem = make_memory("slot")
+    other = make_memory("channel")
+    h = torch.randn(1, 3, 11, dtype=torch.float64)
+    with pytest.raises(TypeError):
+        mem(h, other.initial_state(1))
+
+
+def test_sequence_must_be_whole_steps() -> None:
+    mem = make_memory()
+    with pytest.raises(ValueError, match="multiple of 3"):
+        mem(torch.randn(1, 7, 11, dtype=torch.float64), mem.initial_state(1))

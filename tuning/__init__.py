@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over dtmem configs (search spaces in ``tuning/*.yaml``)."""
