@@ -1,0 +1,276 @@
+"""Pure transforms from episode arrays to training windows (numpy in, numpy out).
+
+Timing convention (as CORL's dt.py): at step t the agent sees observation s_t and the
+return-to-go R_t = r_t + r_{t+1} + ... + r_{T-1}, takes a_t and receives r_t. A window is K
+consecutive steps [start, start + L) of one episode, L = min(K, T - start), right-padded to K
+with zeros and a mask that is False on the padding (see ``dtmem.batch``).
+
+Atari (MDT's encoding):
+    return-to-go bin  R_t = sum_{t' >= t} sign(r_t'), clipped to [-20, 99], plus 20: a bin in
+                      [0, 120) whose bin 0 is the return -20
+    reward class      0 for r = 0, 1 for r > 0, 3 for r < 0 (2 is unused)
+    frame stack       obs_t = frames (t-3, t-2, t-1, t), oldest first; frames before the
+                      episode start are zeros; uint8 throughout, never divided by 255
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dtmem.data.episodes import DataError
+
+__all__ = [
+    "ATARI_RETURN_MAX",
+    "ATARI_RETURN_MIN",
+    "NUM_RETURN_BINS",
+    "StateStats",
+    "Window",
+    "atari_return_bins",
+    "atari_reward_classes",
+    "compute_state_stats",
+    "continuous_returns_to_go",
+    "load_state_stats",
+    "make_window",
+    "normalize_states",
+    "pad_right",
+    "returns_to_go",
+    "save_state_stats",
+    "stack_frames",
+    "valid_mask",
+    "window_starts",
+]
+
+ATARI_RETURN_MIN = -20  # the return of bin 0
+ATARI_RETURN_MAX = 99  # the return of the last bin
+NUM_RETURN_BINS = ATARI_RETURN_MAX - ATARI_RETURN_MIN + 1  # 120
+
+
+def returns_to_go(rewards: np.ndarray) -> np.ndarray:
+    """R_t = sum_{t' >= t} r_t'.  rewards (T,) -> (T,) float64 (summed in float64)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return np.cumsum(r[::-1])[::-1].copy()
+
+
+def continuous_returns_to_go(rewards: np.ndarray, return_scale: float) -> np.ndarray:
+    """Return-to-go divided by ``return_scale``.  rewards (T,) -> (T,) float32."""
+    if return_scale <= 0:
+        raise ValueError(f"return_scale must be > 0, got {return_scale}")
+    return (returns_to_go(rewards) / return_scale).astype(np.float32)
+
+
+def atari_return_bins(rewards: np.ndarray) -> np.ndarray:
+    """MDT return-to-go bins.  rewards (T,) -> (T,) int64 in [0, 120).
+
+    Each reward is clipped to its sign (-1, 0 or 1), the clipped rewards are summed from t to
+    the end of the episode, the sum is clipped to [-20, 99] and shifted by +20.
+    """
+    clipped = np.sign(np.asarray(rewards, dtype=np.float64))  # (T,) in {-1, 0, 1}
+    rtg = np.cumsum(clipped[::-1])[::-1]  # (T,) integers as float64
+    rtg = np.clip(rtg, ATARI_RETURN_MIN, ATARI_RETURN_MAX)
+    return (rtg - ATARI_RETURN_MIN).astype(np.int64)
+
+
+def atari_reward_classes(rewards: np.ndarray) -> np.ndarray:
+    """MDT reward classes.  rewards (T,) -> (T,) int64: 0 none, 1 positive, 3 negative."""
+    r = np.asarray(rewards)
+    out = np.zeros(r.shape, dtype=np.int64)
+    out[r > 0] = 1
+    out[r < 0] = 3
+    return out
+
+
+def pad_right(x: np.ndarray, context: int) -> np.ndarray:
+    """Zero-pad the leading axis to ``context`` rows.  x (L, ...) -> (context, ...), L <= context."""
+    length = x.shape[0]
+    if length > context:
+        raise ValueError(f"cannot pad {length} rows to {context}")
+    out = np.zeros((context, *x.shape[1:]), dtype=x.dtype)
+    out[:length] = x
+    return out
+
+
+def valid_mask(length: int, context: int) -> np.ndarray:
+    """(context,) bool, True on the first ``length`` entries."""
+    return np.arange(context) < length
+
+
+def stack_frames(frames: np.ndarray, start: int, length: int, n_stack: int) -> np.ndarray:
+    """Stacks of the ``n_stack`` most recent frames for steps [start, start + length).
+
+    frames (N, *frame_shape) -> (length, n_stack, *frame_shape), same dtype.
+    out[i, j] = frames[start + i - (n_stack - 1) + j], or zeros where that index is < 0 (before
+    the episode start). Requires start + length <= N.
+    """
+    if start < 0 or length < 0 or start + length > frames.shape[0]:
+        raise ValueError(f"steps [{start}, {start + length}) out of range for {frames.shape[0]}")
+    lo = start - (n_stack - 1)
+    seg = frames[max(lo, 0) : start + length]  # (m, *frame_shape)
+    n_zero = max(0, -lo)
+    if n_zero:
+        zeros = np.zeros((n_zero, *frames.shape[1:]), dtype=frames.dtype)
+        seg = np.concatenate([zeros, seg], axis=0)  # (length + n_stack - 1, *frame_shape)
+    # the j-th frame of every stack is a shifted slice of the padded segment
+    return np.stack([seg[j : j + length] for j in range(n_stack)], axis=1)
+
+
+def window_starts(num_steps: int, context: int, phase: int) -> np.ndarray:
+    """Starts of the windows that cover an episode's steps once each.  -> (n,) int64.
+
+    The first window is [0, phase) when phase > 0, then every K steps from ``phase``: windows
+    [0, phase), [phase, phase + K), [phase + K, phase + 2K), ... Each step lies in exactly one
+    window; every window but the first and the last has K steps. phase in [0, min(K, T)).
+    """
+    if not 0 <= phase < max(1, min(context, num_steps)):
+        raise ValueError(f"phase {phase} outside [0, min({context}, {num_steps}))")
+    regular = np.arange(phase, num_steps, context, dtype=np.int64)
+    if phase == 0:
+        return regular
+    return np.concatenate([np.zeros(1, dtype=np.int64), regular])
+
+
+@dataclass(frozen=True)
+class Window:
+    """One unbatched window (shapes as ``dtmem.batch.Batch`` without the batch axis)."""
+
+    observations: np.ndarray  # (K, *obs_shape) or (K, n_stack, *frame_shape)
+    actions: np.ndarray  # (K,) or (K, act_dim)
+    returns_to_go: np.ndarray  # (K,)
+    rewards: np.ndarray  # (K,)
+    timesteps: np.ndarray  # (K,) int64
+    mask: np.ndarray  # (K,) bool
+
+
+def make_window(
+    observations: np.ndarray,
+    actions: np.ndarray,
+    returns_to_go: np.ndarray,
+    rewards: np.ndarray,
+    start: int,
+    context: int,
+    frame_stack: int = 1,
+    length: int | None = None,
+) -> Window:
+    """The window of steps [start, start + L), right-padded to ``context``.
+
+    L = ``length`` if given (1 <= L <= min(context, T - start)), else min(context, T - start).
+    observations (>= T, *obs_shape); actions (T, ...); returns_to_go (T,); rewards (T,),
+    already in the form the model reads (scaled returns or bins, raw rewards or classes).
+    With frame_stack > 1 the observations are frame stacks (K, frame_stack, *obs_shape).
+    """
+    T = actions.shape[0]
+    if not 0 <= start < T:
+        raise ValueError(f"start {start} outside the episode's {T} steps")
+    longest = min(context, T - start)
+    if length is None:
+        length = longest
+    elif not 1 <= length <= longest:
+        raise ValueError(f"length {length} outside [1, {longest}]")
+    end = start + length
+    if frame_stack > 1:
+        obs = stack_frames(observations, start, length, frame_stack)  # (L, n, *frame)
+    else:
+        obs = observations[start:end]  # (L, *obs_shape)
+    return Window(
+        observations=pad_right(obs, context),
+        actions=pad_right(actions[start:end], context),
+        returns_to_go=pad_right(returns_to_go[start:end], context),
+        rewards=pad_right(rewards[start:end], context),
+        timesteps=pad_right(np.arange(start, end, dtype=np.int64), context),
+        mask=valid_mask(length, context),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# State normalisation (vector observations only)
+
+
+@dataclass(frozen=True)
+class StateStats:
+    """Per-dimension mean and std of vector observations over a dataset (or mixture)."""
+
+    mean: np.ndarray  # (D,) float64
+    std: np.ndarray  # (D,) float64; dimensions with std < MIN_STD are stored as 1
+    count: int
+
+    MIN_STD = 1e-6
+
+
+def compute_state_stats(observation_arrays: Iterable[np.ndarray]) -> StateStats:
+    """Mean and std over the rows of every array.  Each array (n_i, D) -> stats over sum n_i.
+
+    Streams (Chan et al.'s pairwise update in float64), so the arrays can come from a lazy
+    reader one episode at a time. A dimension whose std is below 1e-6 (a constant feature, such
+    as Meta-World's zero padding) gets std 1: it is centred, never blown up.
+    """
+    count = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    for array in observation_arrays:
+        x = np.asarray(array, dtype=np.float64)
+        n = x.shape[0]
+        if n == 0:
+            continue
+        x = x.reshape(n, -1)  # (n, D)
+        batch_mean = x.mean(axis=0)
+        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0)
+        if mean is None or m2 is None:
+            count, mean, m2 = n, batch_mean, batch_m2
+            continue
+        if batch_mean.shape != mean.shape:
+            raise ValueError(f"observation width {batch_mean.shape} != {mean.shape}")
+        delta = batch_mean - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + batch_m2 + delta**2 * (count * n / total)
+        count = total
+    if mean is None or m2 is None:
+        raise ValueError("no observations to compute statistics from")
+    std = np.sqrt(m2 / count)
+    std = np.where(std < StateStats.MIN_STD, 1.0, std)
+    return StateStats(mean=mean, std=std, count=count)
+
+
+def normalize_states(observations: np.ndarray, stats: StateStats) -> np.ndarray:
+    """(x - mean) / std.  observations (..., D) -> (..., D) float32."""
+    return ((np.asarray(observations, dtype=np.float64) - stats.mean) / stats.std).astype(
+        np.float32
+    )
+
+
+def save_state_stats(stats: StateStats, path: str | os.PathLike[str]) -> None:
+    """Write the stats as a small JSON file, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"mean": stats.mean.tolist(), "std": stats.std.tolist(), "count": stats.count}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state_stats(path: str | os.PathLike[str]) -> StateStats:
+    """Read stats written by ``save_state_stats``; a bad file raises a one-line DataError."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+        mean = np.asarray(payload["mean"], dtype=np.float64)
+        std = np.asarray(payload["std"], dtype=np.float64)
+        count = int(payload["count"])
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such state-statistics file") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a state-statistics file ({exc})") from None
+    if mean.ndim != 1 or mean.shape != std.shape or not (std > 0).all():
+        raise DataError(f"{path}: mean/std must be equal-length 1-D arrays with std > 0")
+    return StateStats(mean=mean, std=std, count=count)
