@@ -57,6 +57,40 @@ def guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
+def _stage(module: str, config: Path, overrides: list[str] | None) -> None:
+    """Runs ``<module>.main(config, overrides)`` behind the one-line error guard."""
+    import importlib
+
+    def go() -> None:
+        importlib.import_module(module).main(config, list(overrides or []))
+
+    guarded(go)
+
+
+@app.command()
+def collect(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Collect offline episodes with parallel Ray actors into a Minari dataset."""
+    _stage("pipelines.collect", config, set_)
+
+
+@app.command()
+def pretrain(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Pretrain DT-Mem (or a plain DT) data-parallel on Ray Train, tracked in MLflow."""
+    _stage("pipelines.pretrain", config, set_)
+
+
+@app.command()
+def finetune(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Fine-tune a pretrained model on a held-out task: LoRA on the memory, full, or frozen."""
+    _stage("pipelines.finetune", config, set_)
+
+
+@app.command()
+def evaluate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Evaluate a checkpoint on Atari games and Meta-World tasks with Ray actors."""
+    _stage("pipelines.evaluate", config, set_)
+
+
 @app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
