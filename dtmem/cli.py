@@ -91,6 +91,46 @@ def evaluate(config: ConfigArg, set_: SetOpt = None) -> None:
     _stage("pipelines.evaluate", config, set_)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The command to run, after --: dtmem STAGE CONFIG ...", show_default=False
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray dashboard URL (default $RAY_ADDRESS or local :8265).")
+    ] = None,
+    runtime_env: Annotated[
+        Path, typer.Option(help="Ray runtime env YAML (working dir, excludes, env vars).")
+    ] = Path("cluster/runtime_env.yaml"),
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the logs.")] = True,
+) -> None:
+    """Run a command on a Ray cluster (Jobs API), follow its logs, exit with its status."""
+    from dtmem.submit import submit as submit_job
+
+    cmd = list(command or [])
+    raise typer.Exit(
+        guarded(lambda: submit_job(cmd, address=address, runtime_env=runtime_env, wait=wait))
+    )
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(help="Tracking store (default $MLFLOW_TRACKING_URI or ./mlflow.db)."),
+    ] = None,
+) -> None:
+    """Serve the MLflow UI on the project's tracking store and print its URL."""
+    from dtmem.ui import run_ui
+
+    raise typer.Exit(guarded(lambda: run_ui(backend_store_uri, host, port)))
+
+
 @app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
