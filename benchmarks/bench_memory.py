@@ -40,14 +40,17 @@ def make_batch(b: int, k: int, obs_dim: int, act_dim: int) -> Batch:
     )
 
 
+CLOCK = time.perf_counter
+
+
 def one_step(model: torch.nn.Module, batch: Batch) -> float:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = model(
         batch.observations, batch.returns_to_go, batch.actions, batch.rewards, batch.timesteps
     )
     dt_loss(out, batch).total.backward()
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def time_pair(
@@ -78,9 +81,17 @@ def main() -> None:
     ap.add_argument("--addressing", default="previous", choices=["previous", "initial"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, robust when other jobs share the machine (use --threads 1)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     base = ModelConfig(
         encoder="vector",
@@ -98,7 +109,7 @@ def main() -> None:
     print(
         f"DT-Mem vs plain DT, forward+backward, {args.layers} layers, d={args.width}, d_m={d_m}, "
         f"K={args.context}, batch {args.batch}, memory heads {args.heads}, addressing "
-        f"{args.addressing}, torch threads {torch.get_num_threads()}"
+        f"{args.addressing}, torch threads {torch.get_num_threads()}, {args.clock} clock"
     )
     print(
         f"{'slots':>6} {'DT ms':>8} {'DT-Mem ms':>10} {'time ratio':>10} {'floor ratio':>11} {'vs floor':>9}"

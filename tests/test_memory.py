@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dtmem.model.memory import DenseMemory, FactoredMemory, WorkingMemory
+from dtmem.model.memory import DenseMemory, FactoredMemory, WorkingMemory, max_erase_bound
 
 
 def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
             e = h[b, (t + 1) * n_tok - 1]  # write from the step's last token
             x = mem.write_query(mem.write_key(e))
             a = mem.add(e)
-            g = torch.sigmoid(mem.erase_gate(e))
+            g = mem.max_erase * torch.sigmoid(mem.erase_gate(e))
             addressed = M0 if mem.addressing == "initial" else M
             new = M.clone()
             for hd in range(H):
@@ -47,7 +47,7 @@ def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
 
 
 def make_memory(erase: str = "slot", addressing: str = "previous", **kw) -> WorkingMemory:
-    args = dict(d_model=11, slots=7, width=6, heads=2, tokens_per_step=3)
+    args = dict(d_model=11, slots=7, width=6, heads=2, tokens_per_step=3, context=8)
     args.update(kw)
     mem = WorkingMemory(erase=erase, addressing=addressing, **args)  # type: ignore[arg-type]
     for p in mem.parameters():  # make every projection matter
@@ -68,6 +68,12 @@ def test_matches_plain_loop_reference(erase: str, addressing: str) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
+def dense_of(mem: WorkingMemory, state: FactoredMemory) -> torch.Tensor:
+    """M = P (M_0 + Ĉ^T A), (H, B, N, d_h)."""
+    m0 = mem._heads_of_memory().unsqueeze(1)  # (H, 1, N, d_h)
+    return state.decay.unsqueeze(-1) * (m0 + state.rows.transpose(2, 3) @ state.adds)
+
+
 def test_state_carries_across_windows() -> None:
     """The returned state is the whole memory: two half windows equal one whole window."""
     torch.manual_seed(1)
@@ -79,26 +85,16 @@ def test_state_carries_across_windows() -> None:
     torch.testing.assert_close(torch.cat([first, second], 1), whole)
     assert isinstance(end, FactoredMemory) and isinstance(end2, FactoredMemory)
     torch.testing.assert_close(end.decay, end2.decay)
-    m_end = (
-        end.decay.unsqueeze(-1) * mem._heads_of_memory() + end.contrib.transpose(2, 3) @ end.adds
-    )
-    m_end2 = (
-        end2.decay.unsqueeze(-1) * mem._heads_of_memory() + end2.contrib.transpose(2, 3) @ end2.adds
-    )
-    torch.testing.assert_close(m_end, m_end2)
+    torch.testing.assert_close(dense_of(mem, end), dense_of(mem, end2))
 
 
 def test_factored_state_equals_dense_memory() -> None:
-    """P M_0 + C A after K writes is the memory the plain loop builds."""
+    """P (M_0 + Ĉ^T A) after K writes is the memory that the step-by-step form builds."""
     torch.manual_seed(2)
     mem = make_memory()
     h = torch.randn(1, 4 * 3, 11, dtype=torch.float64)
     _, state = mem(h, mem.initial_state(1))
     assert isinstance(state, FactoredMemory)
-    M = (
-        state.decay.unsqueeze(-1) * mem._heads_of_memory()
-        + state.contrib.transpose(2, 3) @ state.adds
-    )
     dense = make_memory(erase="channel")
     # Same weights, but an erase gate per channel that repeats the per-head gate.
     sd = {k: v for k, v in mem.state_dict().items() if not k.startswith("erase_gate")}
@@ -108,7 +104,30 @@ def test_factored_state_equals_dense_memory() -> None:
         dense.erase_gate.bias.copy_(mem.erase_gate.bias.repeat_interleave(mem.head_dim, 0))
     _, dstate = dense(h, dense.initial_state(1))
     assert isinstance(dstate, DenseMemory)
-    torch.testing.assert_close(M, dstate.memory)
+    torch.testing.assert_close(dense_of(mem, state), dstate.memory)
+
+
+def test_strong_erasing_stays_finite_in_float32() -> None:
+    """Addressing one slot with the largest erase every step: 1/P is at its largest."""
+    torch.manual_seed(4)
+    mem = make_memory(slots=5, context=20, max_erase=max_erase_bound(20)).float()
+    with torch.no_grad():
+        mem.erase_gate.bias.fill_(40.0)  # g = g_max
+        mem.write_query.weight.zero_()
+        mem.write_query.bias.fill_(50.0)  # sharp addressing
+    h = torch.randn(2, 20 * 3, 11, requires_grad=True)
+    out, state = mem(h, mem.initial_state(2))
+    assert isinstance(state, FactoredMemory)
+    assert state.decay.min() < 1e-10  # some slot was erased hard, many times
+    out.sum().backward()
+    assert torch.isfinite(out).all() and h.grad is not None and torch.isfinite(h.grad).all()
+    ref = reference_memory(mem.double(), h.detach().double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_max_erase_is_bounded_by_the_context() -> None:
+    with pytest.raises(ValueError, match="max_erase"):
+        make_memory(context=40, max_erase=0.9)
 
 
 @pytest.mark.parametrize("erase", ["slot", "channel"])
@@ -138,3 +157,17 @@ def test_sequence_must_be_whole_steps() -> None:
     mem = make_memory()
     with pytest.raises(ValueError, match="multiple of 3"):
         mem(torch.randn(1, 7, 11, dtype=torch.float64), mem.initial_state(1))
+
+
+@pytest.mark.parametrize("addressing", ["previous", "initial"])
+def test_gradients_match_finite_differences(addressing: str) -> None:
+    torch.manual_seed(5)
+    mem = make_memory(addressing=addressing, slots=4, width=4, heads=2, d_model=5)
+    h = torch.randn(2, 3 * 3, 5, dtype=torch.float64, requires_grad=True)
+    m0 = mem.initial_memory.detach().clone().requires_grad_(True)
+
+    def f(h: torch.Tensor, m0: torch.Tensor) -> torch.Tensor:
+        state = mem.initial_state(2)
+        return torch.func.functional_call(mem, {"initial_memory": m0}, (h, state))[0]
+
+    assert torch.autograd.gradcheck(f, (h, m0), eps=1e-6, atol=1e-6)

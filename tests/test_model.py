@@ -118,17 +118,18 @@ def test_plain_dt_has_no_memory_parameters() -> None:
 
 @pytest.mark.parametrize("encoder", ["vector", "conv"])
 def test_tiny_model_overfits_a_tiny_batch(encoder: str) -> None:
+    """With the training recipe (AdamW, clipped gradients), every loss part falls."""
     torch.manual_seed(0)
     cfg = tiny_config(encoder)
     model = build_model(cfg).train()
-    b = random_batch(cfg, batch=4)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(150):
+    b = random_batch(cfg, batch=2 if encoder == "conv" else 4)  # conv frames are the cost
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = dt_loss(run(model, b), b).total.item()
+    for _ in range(200):
         loss = dt_loss(run(model, b), b).total
-        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     assert loss.item() < 0.1 * first, (first, loss.item())
 

@@ -40,6 +40,13 @@ class MemoryConfig(FrozenConfig):
         description="Write addressing against M_{t-1} ('previous', the paper) or against M_0 "
         "('initial', no sequential dependency; an option to measure).",
     )
+    max_erase: float = Field(
+        0.9,
+        gt=0.0,
+        lt=1.0,
+        description="g_max: the largest erase of one step, g = g_max sigmoid(W_g e). Bounded so "
+        "that (1 - g_max)^context >= 1e-30 (the unrolled memory divides by what is left).",
+    )
     init_std: float = Field(1.0, gt=0, description="Std of the random initial memory M_0.")
 
 
@@ -93,6 +100,12 @@ class ModelConfig(FrozenConfig):
             if width % self.memory.heads:
                 raise ValueError(
                     f"memory.heads={self.memory.heads} does not divide memory width {width}"
+                )
+            bound = 1.0 - 1e-30 ** (1.0 / self.context)
+            if self.memory.max_erase > bound:
+                raise ValueError(
+                    f"memory.max_erase={self.memory.max_erase} is above {bound:.4f}, the most a "
+                    f"context of {self.context} steps allows"
                 )
         if self.returns == "atari_bins" and self.action_kind != "discrete":
             raise ValueError("returns='atari_bins' needs action_kind='discrete'")

@@ -32,5 +32,6 @@ def build_model(cfg: ModelConfig) -> DecisionTransformer:
         memory_heads=mem.heads if mem is not None else 1,
         memory_erase=mem.erase if mem is not None else "slot",
         memory_addressing=mem.addressing if mem is not None else "previous",
+        memory_max_erase=mem.max_erase if mem is not None else 0.9,
         memory_init_std=mem.init_std if mem is not None else 1.0,
     )

@@ -9,7 +9,7 @@ Write, once per step t, from the step summary e_t = h[last token of step t]::
 
     k_t = W_k(e_t)                                        write key           (B, d_m)
     w_t = softmax_i( M_{t-1}[i] . W_q(k_t) / sqrt(d_h) )  content addressing  (B, H, N)
-    g_t = sigmoid(W_g(e_t))                               erase strength      (B, H)
+    g_t = g_max sigmoid(W_g(e_t))                         erase strength      (B, H)
     a_t = W_a(e_t)                                        add vector          (B, d_m)
     M_t[i] = (1 - g_t w_t[i]) M_{t-1}[i] + w_t[i] a_t     erase, then add
 
@@ -20,19 +20,32 @@ Read, for every token j of step t, from the memory before step t's own write::
     out_j = W_o(r_j)
 
 With one erase gate per slot (``erase="slot"``) the memory unrolls into the shared ``M_0`` plus
-a correction built from the add vectors, and is never materialised per sample and step::
+the add vectors, and is never materialised per sample and step. With
+``P_t[i] = prod_{r<=t} (1 - g_r w_r[i])`` (what is left of slot i) and rows
+``Ĉ_s[i] = w_s[i] / P_s[i]`` (an add's weight, before the later decay)::
 
-    M_t = P_t * M_0 + C_t A        P_t[i]    = prod_{r<=t} (1 - g_r w_r[i])        (B, H, N)
-                                   C_t[i, s] = w_s[i] prod_{s<r<=t} (1 - g_r w_r[i])  (B, H, N, S)
-                                   A         = (a_1 .. a_S)                          (B, H, S, d_h)
+    M_t[i] = P_t[i] ( M_0[i] + sum_{s<=t} Ĉ_s[i] a_s )
 
-so ``M_{t-1}[i] . x = P[i] (M_0[i] . x) + sum_s C[i, s] (a_s . x)``: one large product with
-``M_0`` for the whole batch plus an N x S correction. ``erase="channel"`` (the NTM erase, one
-gate per channel) does not unroll: it builds M_t step by step and is kept as a slow reference.
+which is the spec's ``P_t M_0 + C_t A`` with ``C_t[i, s] = P_t[i] Ĉ_s[i]``. The decay
+factors out of both products with the memory::
+
+    M_{t-1}[i] . q = P_{t-1}[i] ( M_0[i] . q + sum_{s<t} Ĉ_s[i] (a_s . q) )
+    sum_i α_i M_{t-1}[i] = (α P_{t-1}) M_0 + sum_{s<t} ((α P_{t-1}) . Ĉ_s) a_s
+
+so reads are one large product with ``M_0`` per head for the whole batch plus an
+(L x S) x (S x N) product with the rows, and only the N-wide bookkeeping of P and the write
+addressing runs step by step. Rows are never rescaled. ``g_max`` bounds the erase of one step
+so that ``1 / P`` stays inside float32 (and bf16) range over a window: ``(1 - g_max)^K >= 1e-30``
+is checked by the config.
+
+``erase="channel"`` (the NTM erase, one gate per channel) does not unroll: it builds M_t step by
+step and is kept as a slow reference.
 
 Every W is an ``nn.Linear`` called as a module on per-token or per-step vectors, never read
 through ``.weight``: that is what keeps LoRA adapters (which live in the Linear's forward) in
 the computation. The memory state is passed in and returned; nothing is stored on ``self``.
+Per-head tensors are head-major, (H, B, ...), so that products with the shared ``M_0`` are one
+matrix multiply per head over all B * L rows.
 """
 
 from __future__ import annotations
@@ -44,27 +57,35 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["DenseMemory", "FactoredMemory", "MemoryState", "WorkingMemory"]
+__all__ = ["DenseMemory", "FactoredMemory", "MemoryState", "WorkingMemory", "max_erase_bound"]
+
+# Smallest P (what is left of a slot) that a window may reach: 1 / P must stay finite, with
+# head-room, in float32 and bfloat16 (both reach about 3e38).
+MIN_DECAY = 1e-30
+
+
+def max_erase_bound(context: int) -> float:
+    """The largest g_max for which (1 - g_max)^context >= MIN_DECAY."""
+    return 1.0 - MIN_DECAY ** (1.0 / context)
 
 
 @dataclass(frozen=True)
 class FactoredMemory:
-    """M = decay * M_0 + contrib @ adds, per head (the ``erase="slot"`` state).
+    """M = decay * (M_0 + rows^T adds), per head (the ``erase="slot"`` state).
 
-    decay    (B, H, N)      P: what is left of each slot of M_0
-    contrib  (B, H, S, N)   C transposed: weight of add vector s in slot i (stored S-major
-                            so that each write appends one contiguous row)
-    adds     (B, H, S, d_h) A: the add vectors written so far (S of them)
+    decay  (H, B, N)       P: what is left of each slot since the state's origin
+    rows   (H, B, S, N)    Ĉ: each add's weight in each slot, before the later decay
+    adds   (H, B, S, d_h)  A: the add vectors written so far (S of them)
     """
 
     decay: torch.Tensor
-    contrib: torch.Tensor
+    rows: torch.Tensor
     adds: torch.Tensor
 
 
 @dataclass(frozen=True)
 class DenseMemory:
-    """M itself, (B, H, N, d_h) (the ``erase="channel"`` state)."""
+    """M itself, (H, B, N, d_h) (the ``erase="channel"`` state)."""
 
     memory: torch.Tensor
 
@@ -81,8 +102,10 @@ class WorkingMemory(nn.Module):
         width: d_m, the slot width.
         heads: H; divides ``width``.
         tokens_per_step: n_tok; the sequence length must be a multiple of it.
+        context: the longest window, in steps.
         erase: "slot" (unrolled) or "channel" (step-by-step reference).
-        addressing: "previous" (address M_{t-1}) or "initial" (address M_0; all steps at once).
+        addressing: "previous" (address M_{t-1}) or "initial" (address M_0).
+        max_erase: g_max, the largest erase of one step; at most ``max_erase_bound(context)``.
         init_std: std of the random M_0.
     """
 
@@ -93,18 +116,25 @@ class WorkingMemory(nn.Module):
         width: int,
         heads: int,
         tokens_per_step: int,
+        context: int,
         erase: Literal["slot", "channel"] = "slot",
         addressing: Literal["previous", "initial"] = "previous",
+        max_erase: float = 0.9,
         init_std: float = 1.0,
     ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"memory heads {heads} do not divide width {width}")
+        if not 0.0 < max_erase <= max_erase_bound(context):
+            raise ValueError(
+                f"max_erase={max_erase} must be in (0, {max_erase_bound(context):.4f}] for a "
+                f"context of {context} steps (1/P must stay finite in float32)"
+            )
         self.slots, self.width, self.heads = slots, width, heads
         self.head_dim = width // heads
-        self.tokens_per_step = tokens_per_step
+        self.tokens_per_step, self.context = tokens_per_step, context
         self.erase, self.addressing = erase, addressing
-        self.init_std = init_std
+        self.max_erase = max_erase
         self.initial_memory = nn.Parameter(torch.randn(slots, width) * init_std)  # M_0 (N, d_m)
         self.write_key = nn.Linear(d_model, width)  # W_k
         self.write_query = nn.Linear(width, width)  # W_q
@@ -114,18 +144,21 @@ class WorkingMemory(nn.Module):
         self.read_key = nn.Linear(width, width)  # W_rk
         self.read_value = nn.Linear(width, width)  # W_rv
         self.out = nn.Linear(width, d_model)  # W_o
+        # causal[t, s]: step t reads the add of step s only if s < t (a constant, not learned)
+        steps = torch.arange(context)
+        self.causal: torch.Tensor
+        self.register_buffer("causal", steps[:, None] > steps[None, :], persistent=False)
 
     def initial_state(self, batch_size: int) -> MemoryState:
         """The state before any write: M = M_0 for every sample."""
         p = self.initial_memory
+        H, B, N = self.heads, batch_size, self.slots
         if self.erase == "channel":
-            m0 = self._heads_of_memory().unsqueeze(0)  # (1, H, N, d_h)
-            return DenseMemory(memory=m0.expand(batch_size, -1, -1, -1))
-        B, H, N = batch_size, self.heads, self.slots
+            return DenseMemory(memory=self._heads_of_memory().unsqueeze(1).expand(H, B, N, -1))
         return FactoredMemory(
-            decay=p.new_ones(B, H, N),
-            contrib=p.new_zeros(B, H, 0, N),
-            adds=p.new_zeros(B, H, 0, self.head_dim),
+            decay=p.new_ones(H, B, N),
+            rows=p.new_zeros(H, B, 0, N),
+            adds=p.new_zeros(H, B, 0, self.head_dim),
         )
 
     def forward(self, h: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
@@ -135,23 +168,27 @@ class WorkingMemory(nn.Module):
         if L % n_tok:
             raise ValueError(f"sequence length {L} is not a multiple of {n_tok} tokens per step")
         K = L // n_tok
+        if K > self.context:
+            raise ValueError(
+                f"window of {K} steps is longer than the memory's context {self.context}"
+            )
+        scale = 1.0 / math.sqrt(d_h)
         e = h.view(B, K, n_tok, -1)[:, :, -1]  # (B, K, d): step summaries e_t
-        x = self._split(self.write_query(self.write_key(e)))  # (B, H, K, d_h): W_q(k_t)
-        a = self._split(self.add(e))  # (B, H, K, d_h): a_t
-        g = torch.sigmoid(self.erase_gate(e))  # (B, K, H) or (B, K, d_m)
-        y = self._split(self.read_key(self.read_query(h)))  # (B, H, L, d_h): W_rk(q_j)
-        y = y.reshape(B, H, K, n_tok, d_h)
+        x = self._split(self.write_query(self.write_key(e)) * scale)  # (H, B, K, d_h)
+        a = self._split(self.add(e))  # (H, B, K, d_h): a_t
+        g = self.max_erase * torch.sigmoid(self.erase_gate(e))  # (B, K, H) or (B, K, d_m)
+        y = self._split(self.read_key(self.read_query(h)) * scale)  # (H, B, L, d_h)
         new_state: MemoryState
         if isinstance(state, FactoredMemory):
             if self.erase != "slot":
                 raise TypeError("a factored memory state needs erase='slot'")
-            v, new_state = self._write_read_factored(x, a, g.transpose(1, 2), y, state)
+            v, new_state = self._write_read_factored(x, a, g.permute(2, 0, 1), y, state)
         else:
             if self.erase != "channel":
                 raise TypeError("a dense memory state needs erase='channel'")
-            g = g.view(B, K, H, d_h).transpose(1, 2)  # (B, H, K, d_h)
+            g = g.view(B, K, H, d_h).permute(2, 0, 1, 3)  # (H, B, K, d_h)
             v, new_state = self._write_read_dense(x, a, g, y, state.memory)
-        v = v.permute(0, 2, 3, 1, 4).reshape(B, L, self.width)  # (B, L, d_m)
+        v = v.permute(1, 2, 0, 3).reshape(B, L, self.width)  # (B, L, d_m)
         return self.out(self.read_value(v)), new_state
 
     # --- the unrolled form (erase="slot") --------------------------------------------------
@@ -164,51 +201,66 @@ class WorkingMemory(nn.Module):
         y: torch.Tensor,
         state: FactoredMemory,
     ) -> tuple[torch.Tensor, FactoredMemory]:
-        """Writes K steps and reads for every token, all through M = P M_0 + C A.
+        """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
-        x (B, H, K, d_h) write queries; a (B, H, K, d_h) adds; g (B, H, K) erase gates;
-        y (B, H, K, n_tok, d_h) read keys. Returns values (B, H, K, n_tok, d_h) and the state.
+        x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
+        y (H, B, L, d_h) scaled read keys. Returns values (H, B, L, d_h) and the new state.
         """
-        B, H, K, d_h = x.shape
-        n_tok = y.shape[3]
-        scale = 1.0 / math.sqrt(d_h)
+        H, B, K, d_h = x.shape
+        L = y.shape[2]
+        n_tok = L // K
         m0 = self._heads_of_memory()  # (H, N, d_h)
-        adds = torch.cat([state.adds, a], dim=2)  # (B, H, S, d_h), S = S0 + K
+        N = m0.shape[1]
+        S0 = state.adds.shape[2]
+        adds = torch.cat([state.adds, a], dim=2)  # (H, B, S, d_h), S = S0 + K
 
-        # The large products with the shared M_0, every step and token at once.
-        s0_write = x @ m0.transpose(1, 2)  # (B, H, K, N): M_0[i] . x_t
-        s0_read = (y.reshape(B, H, K * n_tok, d_h) @ m0.transpose(1, 2)).view(B, H, K, n_tok, -1)
-        # a_s . q for the n_tok read keys and the write query of each step: (B, H, K, n_tok+1, S)
-        aq = torch.cat([y, x.unsqueeze(3)], dim=3) @ adds.transpose(2, 3).unsqueeze(2)
-
-        # Step by step, only the N x S corrections: C has one column per add written so far.
-        # (unbind, not indexing in the loop: its backward stacks once instead of filling
-        # a full-size zero gradient per step)
-        steps = zip(s0_read.unbind(2), s0_write.unbind(2), aq.unbind(2), g.unbind(2), strict=True)
-        P, Ct = state.decay, state.contrib  # (B, H, N), (B, H, S0, N): P and C^T
-        read_m0, read_adds = [], []
-        for s0_r, s0_w, aq_t, g_t in steps:
-            s = Ct.shape[2]  # adds written before this step
-            corr = aq_t[..., :s] @ Ct  # (B, H, n_tok+1, N): sum_s C[i,s] a_s . q
-            # Read M_{t-1} = P M_0 + C A for the n_tok tokens of the step.
-            attn = torch.softmax((P.unsqueeze(2) * s0_r + corr[:, :, :n_tok]) * scale, dim=-1)
-            read_m0.append(attn * P.unsqueeze(2))  # (B, H, n_tok, N): weights on M_0's slots
-            read_adds.append((attn @ Ct.transpose(2, 3)) @ adds[:, :, :s])  # (B, H, n_tok, d_h)
-            # Write, addressing M_{t-1} (or M_0).
-            if self.addressing == "previous":
-                scores_w = P * s0_w + corr[:, :, n_tok]
+        # Write: only P, the addressing and one N-wide row per step run step by step.
+        s0_write = (x.reshape(H, B * K, d_h) @ m0.transpose(1, 2)).view(H, B, K, N)  # M_0 . x_t
+        ax = x @ adds.transpose(2, 3)  # (H, B, K, S): a_s . x_t
+        P = state.decay  # (H, B, N)
+        rows = list(state.rows.unbind(2))  # Ĉ_s, each (H, B, N)
+        decays = []
+        for t, (s0_t, ax_t, g_t) in enumerate(
+            zip(s0_write.unbind(2), ax.unbind(2), g.unbind(2), strict=True)
+        ):
+            decays.append(P)  # P_{t-1}: the decay that step t reads with
+            if self.addressing == "initial":
+                scores = s0_t  # M_0[i] . x_t
+            elif rows:  # M_{t-1}[i] . x_t = P (M_0[i] . x_t + sum_s Ĉ_s[i] a_s . x_t)
+                corr = (ax_t[:, :, None, : S0 + t] @ torch.stack(rows, dim=2)).squeeze(2)
+                scores = P * (s0_t + corr)
             else:
-                scores_w = s0_w
-            w = torch.softmax(scores_w * scale, dim=-1)  # (B, H, N): w_t
-            keep = 1.0 - g_t.unsqueeze(-1) * w  # (B, H, N): 1 - g_t w_t[i]
-            P = P * keep
-            Ct = torch.cat([Ct * keep.unsqueeze(2), w.unsqueeze(2)], dim=2)  # (B, H, s+1, N)
+                scores = P * s0_t
+            w = torch.softmax(scores, dim=-1)  # (H, B, N): w_t
+            P = P * (1.0 - g_t.unsqueeze(-1) * w)  # P_t = P_{t-1} (1 - g_t w_t)
+            rows.append(w / P)  # Ĉ_t = w_t / P_t
 
-        from_m0 = torch.stack(read_m0, dim=2).view(B, H, K * n_tok, -1) @ m0  # (B, H, K*n_tok, d_h)
-        values = from_m0.view(B, H, K, n_tok, d_h) + torch.stack(read_adds, dim=2)
-        return values, FactoredMemory(decay=P, contrib=Ct, adds=adds)
+        # Read: every token of step t sees M_{t-1}, with the adds of steps < t (causal).
+        C_hat = torch.stack(rows, dim=2)  # (H, B, S, N)
+        P_read = torch.stack(decays, dim=2).unsqueeze(3)  # (H, B, K, 1, N): P_{t-1}
+        visible = torch.cat(
+            [self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1
+        ).repeat_interleave(n_tok, dim=0)  # (L, S): may token j read add s?
+        ay = (y @ adds.transpose(2, 3)) * visible  # (H, B, L, S): a_s . y_j
+        scores = torch.baddbmm(  # M_0 . y_j + sum_s Ĉ_s a_s . y_j, before the decay
+            (y.reshape(H, B * L, d_h) @ m0.transpose(1, 2)).view(H * B, L, N),
+            ay.reshape(H * B, L, -1),
+            C_hat.reshape(H * B, -1, N),
+        )
+        scores = scores.view(H, B, K, n_tok, N) * P_read
+        weights = torch.softmax(scores, dim=-1) * P_read  # (H, B, K, n_tok, N): α P_{t-1}
+        weights = weights.view(H, B * L, N)
+        on_adds = (weights.view(H * B, L, N) @ C_hat.reshape(H * B, -1, N).transpose(1, 2)).view(
+            H, B, L, -1
+        ) * visible  # (H, B, L, S): (α P) . Ĉ_s
+        values = torch.baddbmm(
+            (weights @ m0).view(H * B, L, d_h),
+            on_adds.view(H * B, L, -1),
+            adds.view(H * B, -1, d_h),
+        )
+        return values.view(H, B, L, d_h), FactoredMemory(decay=P, rows=C_hat, adds=adds)
 
-    # --- the step-by-step form (erase="channel", and any dense state) -----------------------
+    # --- the step-by-step form (erase="channel") -------------------------------------------
 
     def _write_read_dense(
         self,
@@ -218,18 +270,19 @@ class WorkingMemory(nn.Module):
         y: torch.Tensor,
         memory: torch.Tensor,
     ) -> tuple[torch.Tensor, DenseMemory]:
-        """Builds M_t for every step: g (B, H, K, d_h) erases per channel. Slow reference."""
-        K, d_h = x.shape[2], x.shape[3]
-        scale = 1.0 / math.sqrt(d_h)
-        M = memory  # (B, H, N, d_h)
+        """Builds M_t for every step: g (H, B, K, d_h) erases per channel. Slow reference."""
+        H, B, K, d_h = x.shape
+        n_tok = y.shape[2] // K
+        y = y.view(H, B, K, n_tok, d_h)
+        M = memory  # (H, B, N, d_h)
         values = []
         for t in range(K):
-            attn = torch.softmax((y[:, :, t] @ M.transpose(2, 3)) * scale, dim=-1)  # (B,H,n_tok,N)
-            values.append(attn @ M)  # (B, H, n_tok, d_h): read M_{t-1}
-            w = torch.softmax((M @ x[:, :, t, :, None]).squeeze(-1) * scale, dim=-1)  # (B, H, N)
-            erase = w.unsqueeze(-1) * g[:, :, t].unsqueeze(2)  # (B, H, N, d_h)
+            attn = torch.softmax(y[:, :, t] @ M.transpose(2, 3), dim=-1)  # (H, B, n_tok, N)
+            values.append(attn @ M)  # (H, B, n_tok, d_h): read M_{t-1}
+            w = torch.softmax((M @ x[:, :, t, :, None]).squeeze(-1), dim=-1)  # (H, B, N)
+            erase = w.unsqueeze(-1) * g[:, :, t].unsqueeze(2)  # (H, B, N, d_h)
             M = M * (1.0 - erase) + w.unsqueeze(-1) * a[:, :, t].unsqueeze(2)
-        return torch.stack(values, dim=2), DenseMemory(memory=M)
+        return torch.stack(values, dim=2).view(H, B, K * n_tok, d_h), DenseMemory(memory=M)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -238,12 +291,12 @@ class WorkingMemory(nn.Module):
         return self.initial_memory.view(self.slots, self.heads, self.head_dim).transpose(0, 1)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_m) -> (B, H, T, d_h)."""
+        """(B, T, d_m) -> (H, B, T, d_h)."""
         B, T, _ = t.shape
-        return t.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        return t.view(B, T, self.heads, self.head_dim).permute(2, 0, 1, 3)
 
     def extra_repr(self) -> str:
         return (
             f"slots={self.slots}, width={self.width}, heads={self.heads}, "
-            f"erase={self.erase}, addressing={self.addressing}"
+            f"erase={self.erase}, addressing={self.addressing}, max_erase={self.max_erase}"
         )

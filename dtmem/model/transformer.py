@@ -134,7 +134,7 @@ class DecisionTransformer(nn.Module):
         n_layer / n_head / d_model / dropout: the transformer.
         max_timestep: size of an episode-timestep embedding (0: none).
         memory_slots / memory_width / memory_heads / memory_erase / memory_addressing /
-        memory_init_std: the working memory in every block (slots 0: none).
+        memory_max_erase / memory_init_std: the working memory in every block (slots 0: none).
     """
 
     def __init__(
@@ -158,6 +158,7 @@ class DecisionTransformer(nn.Module):
         memory_heads: int,
         memory_erase: Literal["slot", "channel"] = "slot",
         memory_addressing: Literal["previous", "initial"] = "previous",
+        memory_max_erase: float = 0.9,
         memory_init_std: float = 1.0,
     ) -> None:
         super().__init__()
@@ -212,8 +213,10 @@ class DecisionTransformer(nn.Module):
                     width=memory_width,
                     heads=memory_heads,
                     tokens_per_step=n_tok,
+                    context=context,
                     erase=memory_erase,
                     addressing=memory_addressing,
+                    max_erase=memory_max_erase,
                     init_std=memory_init_std,
                 )
                 if memory_slots > 0
