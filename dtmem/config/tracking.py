@@ -1,0 +1,29 @@
+"""Where and how a pipeline stage is tracked in MLflow."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dtmem.config.base import FrozenConfig
+
+__all__ = ["TrackingConfig"]
+
+
+class TrackingConfig(FrozenConfig):
+    """MLflow tracking: server or local store, experiment, system metrics."""
+
+    uri: str | None = Field(
+        None,
+        description=(
+            "MLflow tracking URI (http(s)://host:port or sqlite:///path.db); null means "
+            "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
+        ),
+    )
+    experiment: str = Field("dtmem", min_length=1, description="MLflow experiment name")
+    system_metrics: bool = Field(
+        True, description="log MLflow system metrics (CPU, memory, GPU) alongside the run"
+    )
+    run_name: str | None = Field(
+        None,
+        description="MLflow run name; null lets the stage choose (its own run_name or MLflow's)",
+    )

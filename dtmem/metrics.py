@@ -1,0 +1,76 @@
+"""Every metric name the pipelines log, in one place. Each is prefixed by its family
+(``train/``, ``perf/``, ``eval/<task>/``, ``collect/``, ``system/`` is MLflow's own) and is
+always logged with a step: the optimiser step for training, the checkpoint step for
+evaluation, the collection round for collection."""
+
+from __future__ import annotations
+
+__all__ = [
+    "COLLECT_EPISODES",
+    "COLLECT_EPISODES_PER_S",
+    "COLLECT_RETURN_MEAN",
+    "COLLECT_STEPS",
+    "COLLECT_STEPS_PER_S",
+    "COLLECT_SUCCESS_RATE",
+    "FINETUNE_TRAINABLE_PARAMS",
+    "MODEL_PARAMS",
+    "PERF_PEAK_RSS_MB",
+    "PERF_STEPS_PER_S",
+    "PERF_TOKENS_PER_S",
+    "TRAIN_GRAD_NORM",
+    "TRAIN_LOSS",
+    "TRAIN_LOSS_ACTION",
+    "TRAIN_LOSS_RETURN",
+    "TRAIN_LOSS_REWARD",
+    "TRAIN_LR",
+    "collect_metric",
+    "eval_metric",
+]
+
+# Training, logged every ``log_every`` optimiser steps (step = optimiser step, 1-based).
+TRAIN_LOSS = "train/loss"  # total loss (action + return + reward parts)
+TRAIN_LOSS_ACTION = "train/loss_action"
+TRAIN_LOSS_RETURN = "train/loss_return"  # Atari return-bin head; 0 otherwise
+TRAIN_LOSS_REWARD = "train/loss_reward"  # Atari reward-class head; 0 otherwise
+TRAIN_LR = "train/lr"
+TRAIN_GRAD_NORM = "train/grad_norm"  # before clipping
+
+# Throughput over the last logging interval (all workers together).
+PERF_STEPS_PER_S = "perf/steps_per_s"
+PERF_TOKENS_PER_S = "perf/tokens_per_s"  # valid (unpadded) steps x tokens per step
+PERF_PEAK_RSS_MB = "perf/peak_rss_mb"  # the largest peak resident memory of any worker
+
+# Model size, logged once at step 0.
+MODEL_PARAMS = "model/params"
+FINETUNE_TRAINABLE_PARAMS = "model/trainable_params"
+
+# Collection (pipelines/collect), step = collection round.
+COLLECT_EPISODES = "collect/episodes"
+COLLECT_STEPS = "collect/steps"
+COLLECT_RETURN_MEAN = "collect/return_mean"
+COLLECT_SUCCESS_RATE = "collect/success_rate"
+COLLECT_EPISODES_PER_S = "collect/episodes_per_s"
+COLLECT_STEPS_PER_S = "collect/steps_per_s"
+
+# Evaluation, one family per task: eval/<task>/<name>.
+EVAL_NAMES: tuple[str, ...] = (
+    "return_mean",  # mean raw return over all episodes
+    "return_top3",  # mean of the best 3 episodes (MDT's report)
+    "score_normalized",  # DQN- or human-normalised score, as the stage says
+    "success_rate",  # Meta-World: fraction of episodes that succeed
+)
+
+
+def eval_metric(task: str, name: str) -> str:
+    """``eval/<task>/<name>``; ``task`` is sanitised to MLflow's allowed characters."""
+    return f"eval/{_clean(task)}/{name}"
+
+
+def collect_metric(task: str, name: str) -> str:
+    """``collect/<task>/<name>`` for per-task collection numbers."""
+    return f"collect/{_clean(task)}/{name}"
+
+
+def _clean(task: str) -> str:
+    """One path segment: alphanumerics, ``_ - .`` kept, anything else (``/`` included) '_'."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in task)

@@ -1,0 +1,89 @@
+"""Run a ``TrainJob``: data-parallel on Ray Train V2 (``TorchTrainer``), or in this process.
+
+On Ray, each worker runs ``run_worker(job, ray_context())``: the single-process loop plus
+Ray's prepare step. Worker failures restart the whole worker group (``FailureConfig``), and
+the loop resumes from the run directory's last checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dtmem.config.train import FailureConfig, ScalingConfig
+from dtmem.training.loop import TrainJob, local_context, ray_context, run_worker
+
+__all__ = ["RayResourcesError", "check_ray_resources", "launch", "ray_worker"]
+
+
+class RayResourcesError(ValueError):
+    """The Ray cluster cannot hold the requested workers (it would wait forever)."""
+
+
+def ray_worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer."""
+    run_worker(config["job"], ray_context())
+
+
+def ensure_ray() -> bool:
+    """Connect to Ray ($RAY_ADDRESS or a new local instance); True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init()
+    return True
+
+
+def check_ray_resources(scaling: ScalingConfig) -> None:
+    """Refuse a request the cluster cannot meet (Ray would wait for it forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = scaling.num_workers * scaling.cpus_per_worker
+    if total.get("CPU", 0.0) < cpus:
+        raise RayResourcesError(
+            f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPUs need "
+            f"{cpus:g} CPUs; the Ray cluster has {total.get('CPU', 0.0):g}"
+        )
+    if scaling.use_gpu and total.get("GPU", 0.0) < scaling.num_workers:
+        raise RayResourcesError(
+            f"scaling: {scaling.num_workers} GPU workers; the Ray cluster has "
+            f"{total.get('GPU', 0.0):g} GPUs"
+        )
+
+
+def launch(job: TrainJob, scaling: ScalingConfig, failure: FailureConfig) -> None:
+    """Train ``job`` to the end; raises if training fails after the allowed restarts."""
+    if not scaling.ray:
+        run_worker(job, local_context(scaling.use_gpu))
+        return
+
+    # Train V2's classes (ray.train re-exports them when V2 is on, the 2.60 default; their
+    # static types are V1's, which lack controller_failure_limit)
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import FailureConfig as RayFailureConfig
+    from ray.train.v2.api.config import RunConfig
+    from ray.train.v2.api.config import ScalingConfig as RayScalingConfig
+
+    check_ray_resources(scaling)
+    run_dir = Path(job.run_dir)
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=RayScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(  # type: ignore[arg-type]  # V2 at run time (see above)
+            name=run_dir.name,
+            storage_path=str(run_dir.resolve() / "ray"),
+            failure_config=RayFailureConfig(
+                max_failures=failure.max_failures,
+                controller_failure_limit=failure.controller_failures,
+            ),
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,371 @@
+"""The pretrain and finetune pipelines end to end on tiny Meta-World-like datasets written in
+tmp: the smoke configs, what lands in MLflow, LoRA/frozen fine-tuning, bad input refused
+before any compute, and a 2-worker Ray Train run that survives a killed worker."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtmem import metrics as M
+from dtmem.config.base import ConfigError, load_config
+from dtmem.config.train import FinetuneConfig, PretrainConfig
+from dtmem.data.episodes import DatasetNotFoundError, ObservationShapeError
+from dtmem.model import build_model
+from dtmem.model.lora import LoRAError
+from dtmem.tracking import TrackingError, attach, start_run
+from dtmem.training.checkpoint import CheckpointError, export_model, load_checkpoint_model
+from tests.test_training import tiny_model_config, write_metaworld_like
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
+SMOKE_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "bin-picking-v3")
+TINY_MODEL = [
+    "model.n_layer=1",
+    "model.d_model=16",
+    "model.n_head=2",
+    "model.memory.slots=16",
+    "model.dropout=0.0",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, Path | str]:
+    """Smoke-named datasets, one MLflow store and a checkpoint root shared by the module."""
+    tmp = tmp_path_factory.mktemp("pipelines")
+    root = tmp / "data"
+    for i, task in enumerate(SMOKE_TASKS):
+        write_metaworld_like(root, f"dtmem/smoke/{task}-expert-v0", task, steps=41, seed=i)
+    return {"tmp": tmp, "root": root, "uri": f"sqlite:///{tmp}/mlflow.db"}
+
+
+def common(env: dict[str, Path | str], name: str) -> list[str]:
+    return [
+        f"data.root={env['root']}",
+        f"tracking.uri={env['uri']}",
+        "tracking.system_metrics=false",
+        f"checkpoint.dir={env['tmp']}/ckpt",
+        f"run_name={name}",
+        "progress=false",
+    ]
+
+
+def local(steps: int, every: int = 4) -> list[str]:
+    return [
+        "scaling.ray=false",
+        "scaling.num_workers=1",
+        f"optim.max_steps={steps}",
+        f"checkpoint.every_steps={every}",
+        "log_every=2",
+        "optim.warmup_steps=2",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Training must not start: bad input is refused before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr("dtmem.training.launch.launch", refuse)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for d in ("smoke", "atari", "metaworld")
+        for p in (CONFIGS / d).glob("*.yaml")
+        if p.name.startswith(("pretrain", "finetune"))
+    ),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_every_training_config_validates(path: Path) -> None:
+    if path.name.startswith("pretrain"):
+        cfg = load_config(PretrainConfig, path)
+        assert cfg.data.context == cfg.model.context and cfg.registry.name
+    else:
+        ft = load_config(FinetuneConfig, path)
+        assert ft.mode == "lora" and ft.pretrained.startswith("models:/")
+
+
+def test_paper_size_configs() -> None:
+    atari = load_config(PretrainConfig, CONFIGS / "atari" / "pretrain.yaml")
+    assert len(atari.data.datasets) == 17 and atari.scaling.num_workers == 8
+    assert (atari.model.n_layer, atari.model.d_model, atari.model.n_head) == (4, 512, 8)
+    params = sum(p.numel() for p in build_model(atari.model).parameters())
+    assert 18e6 < params < 23e6  # the paper's ~20M
+    mw = load_config(PretrainConfig, CONFIGS / "metaworld" / "pretrain.yaml")
+    assert len(mw.data.datasets) == 45
+    held = load_config(FinetuneConfig, CONFIGS / "metaworld" / "finetune.yaml")
+    assert held.data.episode_fraction == 0.1
+    assert held.data.datasets[0].id not in {d.id for d in mw.data.datasets}
+
+
+# --------------------------------------------------------------------------- pipelines, in-process
+
+
+def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
+    from pipelines.finetune import main as finetune_main
+    from pipelines.finetune import run_finetune
+    from pipelines.pretrain import main as pretrain_main
+
+    pretrain_main(
+        CONFIGS / "smoke" / "pretrain.yaml",
+        [*common(env, "pre"), *local(8), *TINY_MODEL],
+    )
+    uri = str(env["uri"])
+    pre = load_checkpoint_model("models:/dtmem-smoke@pretrained", tracking_uri=uri)
+    run_id = pre.meta["run_id"]
+    run = attach(uri, run_id).client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["model.d_model"] == "16" and params["optim.max_steps"] == "8"
+    assert params["data.datasets.2.id"] == "dtmem/smoke/pick-place-v3-expert-v0"
+    assert int(params["model.params_total"]) == sum(p.numel() for p in pre.model.parameters())
+    assert tags["dtmem.stage"] == "pretrain" and "dtmem.version.ray" in tags
+    assert tags["data.dtmem/smoke/reach-v3-expert-v0.content_hash"] != "unknown"
+    assert "dtmem.git_commit" in tags
+    handle = attach(uri, run_id)
+    for key in (
+        M.TRAIN_LOSS,
+        M.TRAIN_LOSS_ACTION,
+        M.TRAIN_LOSS_RETURN,
+        M.TRAIN_LOSS_REWARD,
+        M.TRAIN_LR,
+        M.PERF_STEPS_PER_S,
+        M.PERF_TOKENS_PER_S,
+    ):
+        assert [s for s, _ in handle.metric_history(key)] == [2, 4, 6, 8], key
+    lrs = [v for _, v in handle.metric_history(M.TRAIN_LR)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3)
+    client = handle.client
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "checkpoint", "loss_curve.png"} <= top
+    ckpt = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert {"checkpoint/model.safetensors", "checkpoint/model_config.json"} <= ckpt
+    assert pre.config.d_model == 16 and pre.state_stats is not None
+
+    # LoRA: only adapters train; the run logs the adapter and a merged model
+    lora = run_finetune(
+        load_config(
+            FinetuneConfig,
+            CONFIGS / "smoke" / "finetune.yaml",
+            [*common(env, "ft-lora"), *local(6, every=3), "lora.rank=3", "lora.alpha=6.0"],
+        )
+    )
+    assert lora.steps == 6 and lora.adapter_dir is not None
+    assert 0 < lora.params_trainable < lora.params_total / 4
+    ft = attach(uri, lora.run_id)
+    assert ft.metric_history(M.FINETUNE_TRAINABLE_PARAMS) == [(0, lora.params_trainable)]
+    assert ft.client.get_run(lora.run_id).data.tags["dtmem.pretrained_run_id"] == run_id
+    assert "adapter" in {a.path for a in ft.client.list_artifacts(lora.run_id)}
+    base = pre.model.state_dict()
+    tuned = _peft_weights(lora.run_dir / "step_00000006" / "model.safetensors")
+    adapters = {k: v for k, v in tuned.items() if "lora_" in k}
+    assert adapters and any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)
+    others = {_base_name(k): v for k, v in tuned.items() if "lora_" not in k}
+    assert others.keys() == base.keys()
+    assert all(torch.equal(others[k], base[k]) for k in base), "a frozen weight changed"
+    merged = load_checkpoint_model(lora.checkpoint_dir).model.state_dict()
+    assert not torch.equal(
+        merged["blocks.0.memory.read_key.weight"], base["blocks.0.memory.read_key.weight"]
+    )
+    assert torch.equal(merged["blocks.0.attn.qkv.weight"], base["blocks.0.attn.qkv.weight"])
+
+    # frozen: no training, the pretrained weights packaged as this run's checkpoint
+    finetune_main(
+        CONFIGS / "smoke" / "finetune.yaml",
+        [*common(env, "ft-frozen"), "mode=frozen", "registry.alias=zero-shot"],
+    )
+    frozen = load_checkpoint_model("models:/dtmem-smoke-finetuned@zero-shot", tracking_uri=uri)
+    assert frozen.meta["mode"] == "frozen" and frozen.meta["step"] == 0
+    assert all(torch.equal(frozen.model.state_dict()[k], base[k]) for k in base)
+
+
+def test_restarting_the_job_under_its_run_name_continues_the_same_run(env) -> None:
+    """The job dies at step 7 (checkpoint at 4); started again with the same run name it
+    continues the same MLflow run from step 5: every step logged once, in order."""
+    from dtmem.training.loop import SimulatedFailure
+    from pipelines.pretrain import run_pretrain
+
+    overrides = [
+        *common(env, "restart"),
+        *local(10),
+        *TINY_MODEL,
+        "log_every=1",
+        "registry.name=null",
+    ]
+    failing = load_config(
+        PretrainConfig, CONFIGS / "smoke" / "pretrain.yaml", [*overrides, "fail_at_step=7"]
+    )
+    with pytest.raises(SimulatedFailure):
+        run_pretrain(failing)
+    result = run_pretrain(failing)  # the marker file keeps the failure to once
+    run = attach(str(env["uri"]), result.run_id)
+    info = run.client.get_run(result.run_id)
+    assert info.info.status == "FINISHED"
+    assert info.data.tags["dtmem.resumed_from_step"] == "4"
+    assert [s for s, _ in run.metric_history(M.TRAIN_LOSS)] == list(range(1, 11))
+    assert result.steps == 10 and [s for s, _ in result.loss_history] == list(range(1, 11))
+
+
+def _peft_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _base_name(peft_name: str) -> str:
+    """``base_model.model.blocks.0.memory.add.base_layer.weight`` -> ``blocks.0.memory.add.weight``."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def test_full_mode_trains_every_weight(env) -> None:
+    from dtmem.training.stage import prepare_finetune
+
+    pre = env["tmp"] / "plain-pre"  # type: ignore[operator]
+    cfg = tiny_model_config(context=10, return_scale=100.0)
+    export_model(pre, model=build_model(cfg), model_config=cfg, state_stats=None, meta={})
+    ft = load_config(
+        FinetuneConfig,
+        CONFIGS / "smoke" / "finetune.yaml",
+        [
+            *common(env, "ft-full"),
+            *local(4),
+            f"pretrained={pre}",
+            "mode=full",
+            "data.normalize_states=false",
+        ],
+    )
+    plan = prepare_finetune(ft)
+    assert plan.counts.trainable == plan.counts.total > 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(exc.value)
+    assert text and "\n" not in text, text
+    return text
+
+
+def test_bad_pretrain_input_fails_before_compute(env, no_compute) -> None:
+    from pipelines.pretrain import main
+
+    smoke = CONFIGS / "smoke" / "pretrain.yaml"
+    base = [*common(env, "bad"), *local(4), *TINY_MODEL]
+    cases = [
+        (["data.context=5"], ConfigError, "data.context=5 differs from model.context=10"),
+        (["model.obs_dim=17"], ObservationShapeError, r"expects \(17,\)"),
+        (
+            ["data.datasets=[{id: dtmem/smoke/nowhere-v0}]"],
+            DatasetNotFoundError,
+            "nowhere",
+        ),
+        ([f"tracking.uri=http://127.0.0.1:{_free_port()}"], TrackingError, "unreachable"),
+        (
+            ["data.datasets=[{id: dtmem/smoke/reach-v3-expert-v0, env: push-v3}]"],
+            ValueError,
+            "push-v3",
+        ),
+    ]
+    for extra, error, match in cases:
+        with pytest.raises(error, match=match) as exc:
+            main(smoke, [*base, *extra])
+        _one_line_error(exc)
+
+
+def test_bad_finetune_input_fails_before_compute(env, no_compute) -> None:
+    from pipelines.finetune import main
+
+    smoke = CONFIGS / "smoke" / "finetune.yaml"
+    base = [*common(env, "bad-ft"), *local(4), "data.normalize_states=false"]
+    plain_dir = env["tmp"] / "plain-dt"  # type: ignore[operator]
+    plain = tiny_model_config(context=10, return_scale=100.0, memory=None)
+    export_model(plain_dir, model=build_model(plain), model_config=plain, state_stats=None, meta={})
+    with start_run(
+        load_config(FinetuneConfig, smoke, base).tracking, stage="pretrain", run_name="empty"
+    ) as empty:
+        pass
+    cases = [
+        ([f"pretrained={plain_dir}"], LoRAError, "match no module"),
+        (
+            [
+                f"pretrained={plain_dir}",
+                "mode=full",
+                "model.d_model=24",
+                "model.memory=null",
+                "model.context=10",
+                "model.return_scale=100.0",
+            ],
+            CheckpointError,
+            "another architecture",
+        ),
+        ([f"pretrained=runs:/{empty.run_id}"], TrackingError, "no artifact 'checkpoint'"),
+        (["pretrained=models:/no-such-model@x"], TrackingError, "no such registered"),
+        ([f"pretrained={env['tmp']}/missing"], CheckpointError, "no such checkpoint"),
+        (
+            [f"pretrained={plain_dir}", "mode=full", "data.normalize_states=true"],
+            ValueError,
+            "normalize_states",
+        ),
+    ]
+    for extra, error, match in cases:
+        with pytest.raises(error, match=match) as exc:
+            main(smoke, [*base, *extra])
+        _one_line_error(exc)
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+
+@pytest.mark.slow
+def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session) -> None:
+    """Rank 1 exits hard at step 9 (last checkpoint: 8); Ray restarts the worker group, which
+    resumes from the checkpoint: the MLflow loss curve has every step once, 1..20."""
+    from pipelines.pretrain import run_pretrain
+
+    cfg = load_config(
+        PretrainConfig,
+        CONFIGS / "smoke" / "pretrain.yaml",
+        [
+            *common(env, "ray2"),
+            *TINY_MODEL,
+            "scaling.num_workers=2",
+            "optim.max_steps=20",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=2",
+            "checkpoint.every_steps=4",
+            "log_every=1",
+            "fail_at_step=9",
+            "failure.max_failures=1",
+            "data.batch_size=8",
+            "registry.name=null",
+        ],
+    )
+    result = run_pretrain(cfg)
+    assert (result.run_dir / ".failed_once").read_text() == "step 9\n"  # it did fail
+    history = attach(str(env["uri"]), result.run_id).metric_history(M.TRAIN_LOSS)
+    assert [s for s, _ in history] == list(range(1, 21))
+    losses = [v for _, v in history]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    assert result.steps == 20 and result.final_loss == pytest.approx(losses[-1])
+    assert load_checkpoint_model(result.checkpoint_dir).meta["step"] == 20
+
+    too_many = cfg.scaling.model_copy(update={"num_workers": 3})
+    with pytest.raises(ValueError, match="need 3 CPUs"):
+        run_pretrain(cfg.model_copy(update={"scaling": too_many, "run_name": "ray3"}))
