@@ -1,0 +1,12 @@
+"""Offline data collection: behaviour policies, the episode recorder and its Ray actors.
+
+Modules (import the one you need; this package imports nothing heavy):
+
+    policies     behaviour policies (Meta-World expert with noise, random, epsilon mixture),
+                 per-episode seeds, the ``BehaviourPolicy`` protocol; no Ray
+    rllib_agent  train RLlib agents on Atari with checkpoints, and act from a checkpoint
+    actors       ``record_episodes`` (a plain loop: policy + vector env -> ``Episode``s),
+                 ``CollectWorker`` (owns envs and policies per task) and its Ray actor
+
+The pipeline that drives them and writes the datasets is ``pipelines/collect.py``.
+"""
