@@ -148,8 +148,11 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None (not a git checkout)."""
+    """The commit of the checkout this package runs from; inside a Ray job, whose shipped
+    working directory has no .git, the one ``dtmem submit`` passed as $DTMEM_GIT_COMMIT;
+    else None."""
     here = Path(__file__).resolve().parent
+    shipped = os.environ.get("DTMEM_GIT_COMMIT") or None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -160,9 +163,9 @@ def git_commit() -> str | None:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return shipped
     commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
+    return commit if out.returncode == 0 and commit else shipped
 
 
 def version_tags() -> dict[str, str]:

@@ -442,3 +442,41 @@ def test_ctrl_c_stops_following_not_the_job(two_node_cluster: LocalCluster) -> N
         if follow.poll() is None:
             follow.kill()
         client.stop_job(job_id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_pipeline_submitted_to_the_cluster_lands_in_mlflow(
+    two_node_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`dtmem collect` runs as a Ray job (its actors on the cluster's nodes); its MLflow run,
+    tags and dataset are then read back here."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    root = tmp_path / "datasets"
+    command = [
+        "dtmem", "collect", "pipelines/configs/smoke/collect.yaml",
+        "--set", "tasks=[reach-v3]",
+        "--set", "episodes_per_task=2",
+        "--set", "max_steps=20",
+        "--set", "num_actors=2",
+        "--set", "envs_per_actor=1",
+        "--set", f"root={root}",
+        "--set", "tracking.experiment=cluster-test",
+    ]  # fmt: skip
+    run = submit_cli(
+        two_node_cluster, command, env=two_node_cluster.client_env(MLFLOW_TRACKING_URI=uri)
+    )
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("cluster-test")
+    assert experiment is not None
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.status == "FINISHED"
+    assert found.data.tags["dtmem.stage"] == "collect"
+    dataset_id = found.data.tags["collect.datasets"]
+    assert dataset_id == "dtmem/smoke/reach-v3-expert-v0"
+    assert len(found.data.tags[f"data.{dataset_id}.content_hash"]) == 64
+    assert found.data.params["episodes_per_task"] == "2"
+    assert (root / dataset_id).is_dir()

@@ -156,3 +156,19 @@ def test_metric_names_are_prefixed_and_sanitised() -> None:
     assert {n.split("/")[0] for n in names} <= {"train", "perf", "model", "collect"}
     assert M.eval_metric("ALE/Breakout-v5", "return_mean") == "eval/ALE_Breakout-v5/return_mean"
     assert M.collect_metric("reach-v3", "steps") == "collect/reach-v3/steps"
+
+
+def test_git_commit_falls_back_to_the_submitted_one(monkeypatch, tmp_path) -> None:
+    """Inside a Ray job the shipped working dir has no .git: dtmem submit passes the commit."""
+    import shutil
+
+    import dtmem.tracking as tracking
+
+    fake = tmp_path / "pkg" / "tracking.py"  # a package location outside any git checkout
+    fake.parent.mkdir()
+    shutil.copy(tracking.__file__, fake)
+    monkeypatch.setattr(tracking, "__file__", str(fake))
+    monkeypatch.delenv("DTMEM_GIT_COMMIT", raising=False)
+    assert tracking.git_commit() is None
+    monkeypatch.setenv("DTMEM_GIT_COMMIT", "abc123")
+    assert tracking.git_commit() == "abc123"
