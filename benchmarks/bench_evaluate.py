@@ -25,11 +25,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from dtmem.config.model import MemoryConfig, ModelConfig
-from dtmem.envs import VectorEnv
+from dtmem.envs import VectorEnv, step_randomly
 from dtmem.evaluation import ModelPayload, Suite, TaskRequest, UnitResult, evaluate, make_env
 from dtmem.model import DecisionTransformer, build_model
 from dtmem.rollout import naive_rollout
@@ -49,19 +48,10 @@ class Rate:
 
 
 def raw_rate(env: VectorEnv, steps: int, label: str) -> Rate:
-    rng = np.random.default_rng(0)
-    env.reset(list(range(env.num_envs)))
-    spec, n = env.spec, env.num_envs
+    n = env.num_envs
     start = time.perf_counter()
-    for _ in range(steps):
-        if spec.action_kind == "discrete":
-            actions = rng.integers(0, spec.num_actions, n)
-        else:
-            actions = rng.uniform(-1, 1, (n, spec.act_dim)).astype(np.float32)
-        step = env.step(actions)
-        for i in np.flatnonzero(step.terminated | step.truncated):
-            env.reset_at(int(i), int(rng.integers(1 << 30)))
-    return Rate(label, "raw", f"1 proc x {n} envs", steps * n, time.perf_counter() - start)
+    done = step_randomly(env, steps)
+    return Rate(label, "raw", f"1 proc x {n} envs", done, time.perf_counter() - start)
 
 
 def pipeline_rates(

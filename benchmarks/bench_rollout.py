@@ -19,11 +19,10 @@ import argparse
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from dtmem.config.model import MemoryConfig, ModelConfig
-from dtmem.envs import VectorEnv
+from dtmem.envs import VectorEnv, step_randomly
 from dtmem.envs.atari import make_atari_env
 from dtmem.envs.metaworld import make_metaworld_env
 from dtmem.model import build_model
@@ -44,19 +43,10 @@ class Rate:
 
 
 def raw_rate(env: VectorEnv, steps: int, label: str) -> Rate:
-    rng = np.random.default_rng(0)
-    env.reset(list(range(env.num_envs)))
-    spec, n = env.spec, env.num_envs
+    n = env.num_envs
     start = time.perf_counter()
-    for _ in range(steps):
-        if spec.action_kind == "discrete":
-            actions = rng.integers(0, spec.num_actions, n)
-        else:
-            actions = rng.uniform(-1, 1, (n, spec.act_dim)).astype(np.float32)
-        step = env.step(actions)
-        for i in np.flatnonzero(step.terminated | step.truncated):
-            env.reset_at(int(i), int(rng.integers(1 << 30)))
-    return Rate(label, "raw", n, steps * n, time.perf_counter() - start)
+    done = step_randomly(env, steps)
+    return Rate(label, "raw", n, done, time.perf_counter() - start)
 
 
 def batched_rate(model, env: VectorEnv, target: float | None, steps: int, label: str) -> Rate:

@@ -8,54 +8,19 @@ Started again with the same ``run_name``, it resumes the same checkpoint and MLf
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from dtmem.config.base import load_config
 from dtmem.config.train import PretrainConfig
-from dtmem.training.stage import TrainPlan, TrainResult
+from dtmem.training.stage import TrainResult
 
 
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     """Pretrain as ``cfg`` says; returns the run id, model directory, losses and counts."""
-    from dtmem.tracking import start_run
-    from dtmem.training.launch import launch
-    from dtmem.training.stage import finish, log_model_size, prepare_pretrain
+    from dtmem.training.stage import prepare_pretrain, run_stage
 
-    plan = prepare_pretrain(cfg)
-    t0 = time.perf_counter()
-    try:
-        with start_run(
-            cfg.tracking,
-            stage="pretrain",
-            config=cfg,
-            tags=plan.tags,
-            run_name=cfg.tracking.run_name or plan.run_name,
-            run_id=plan.resume_run_id,
-        ) as run:
-            log_model_size(plan, run)
-            launch(plan.job(run), cfg.scaling, cfg.failure)
-            result = finish(plan, run, wall_s=time.perf_counter() - t0)
-    finally:
-        _stop_ray(plan)
-    _print_summary("pretrain", result, plan)
-    return result
-
-
-def _stop_ray(plan: TrainPlan) -> None:
-    if plan.ray_started:
-        import ray
-
-        ray.shutdown()
-
-
-def _print_summary(stage: str, result: TrainResult, plan: TrainPlan) -> None:
-    from rich.console import Console
-
-    from dtmem.training.report import summary_table
-    from dtmem.training.stage import summary_rows
-
-    Console().print(summary_table(f"dtmem {stage}", summary_rows(result, plan)))
+    plan = prepare_pretrain(cfg)  # every check, before any compute
+    return run_stage(plan, cfg, stage="pretrain", title="pretrain")
 
 
 def main(config_path: Path, overrides: list[str]) -> None:

@@ -172,3 +172,15 @@ def test_metaworld_expert_actions_are_bounded():
         assert np.abs(action).max() <= 1.0
     finally:
         env.close()
+
+
+def test_step_randomly_counts_every_env_step_and_resets_finished_envs() -> None:
+    from dtmem.envs import step_randomly
+    from dtmem.envs.metaworld import make_metaworld_env
+
+    env = make_metaworld_env("reach-v3", num_envs=2, seed=0)
+    try:
+        # the env truncates at 500 steps: 510 steps need a reset of both envs on the way
+        assert step_randomly(env, 510) == 1020
+    finally:
+        env.close()

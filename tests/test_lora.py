@@ -11,7 +11,7 @@ from dtmem.config.model import MEMORY_PROJECTIONS, LoRAConfig
 from dtmem.model import build_model, dt_loss
 from dtmem.model.lora import (
     LoRAError,
-    apply_lora,
+    apply_lora_config,
     load_adapter,
     merge_adapter,
     parameter_counts,
@@ -25,14 +25,7 @@ def lora_model(train_initial_memory: bool = False, cfg=None):
     cfg = cfg or tiny_config("conv")
     base = build_model(cfg)
     lc = LoRAConfig(rank=3, alpha=6.0, train_initial_memory=train_initial_memory)
-    model = apply_lora(
-        base,
-        rank=lc.rank,
-        alpha=lc.alpha,
-        dropout=lc.dropout,
-        targets=lc.targets,
-        train_initial_memory=lc.train_initial_memory,
-    )
+    model = apply_lora_config(base, lc)
     return cfg, model
 
 

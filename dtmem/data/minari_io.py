@@ -39,7 +39,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from dtmem.data.episodes import (
     Episode,
     ObservationShapeError,
 )
+from dtmem.fileio import write_json_atomic
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -236,17 +236,6 @@ def _dir_size_mb(path: Path) -> float:
     return round(total / 1e6, 1)
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _ensure_namespaces(root: Path, dataset_id: str) -> None:
     """Write Minari's ``namespace_metadata.json`` in each namespace directory that lacks one."""
     parts = dataset_id.split("/")[:-1]
@@ -255,7 +244,7 @@ def _ensure_namespaces(root: Path, dataset_id: str) -> None:
         ns_dir.mkdir(parents=True, exist_ok=True)
         meta = ns_dir / "namespace_metadata.json"
         if not meta.exists():
-            _write_json_atomic(meta, {})
+            write_json_atomic(meta, {})
 
 
 class DatasetWriter:

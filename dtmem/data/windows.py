@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dtmem.data.episodes import DataError
+from dtmem.fileio import write_json_atomic
 
 __all__ = [
     "ATARI_RETURN_MAX",
@@ -249,14 +249,7 @@ def save_state_stats(stats: StateStats, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"mean": stats.mean.tolist(), "std": stats.std.tolist(), "count": stats.count}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload)
 
 
 def load_state_stats(path: str | os.PathLike[str]) -> StateStats:

@@ -83,3 +83,22 @@ class VectorEnv(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def step_randomly(env: VectorEnv, steps: int, seed: int = 0) -> int:
+    """Steps every env of ``env`` ``steps`` times with uniformly random actions, resetting
+    (seeded) any that finish: the raw env's own speed, with no policy. Returns env steps."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    env.reset([int(s) for s in rng.integers(1 << 30, size=env.num_envs)])
+    spec, n = env.spec, env.num_envs
+    for _ in range(steps):
+        if spec.action_kind == "discrete":
+            actions = rng.integers(0, spec.num_actions, n)
+        else:
+            actions = rng.uniform(-1, 1, (n, spec.act_dim)).astype(np.float32)
+        step = env.step(actions)
+        for i in np.flatnonzero(step.terminated | step.truncated):
+            env.reset_at(int(i), int(rng.integers(1 << 30)))
+    return steps * n

@@ -18,9 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:  # the model package never imports pydantic at run time
+    from dtmem.config.model import LoRAConfig
 
 INITIAL_MEMORY_FILE = "initial_memory.safetensors"
 
@@ -96,6 +99,18 @@ def apply_lora(
             "lora_" in name or (train_initial_memory and name.endswith("initial_memory"))
         )
     return peft_model
+
+
+def apply_lora_config(model: nn.Module, cfg: LoRAConfig) -> Any:
+    """``apply_lora`` with the settings of a validated ``LoRAConfig``."""
+    return apply_lora(
+        model,
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        dropout=cfg.dropout,
+        targets=cfg.targets,
+        train_initial_memory=cfg.train_initial_memory,
+    )
 
 
 def save_adapter(peft_model: Any, path: str | Path) -> Path:

@@ -158,17 +158,10 @@ def build_train_model(job: TrainJob) -> nn.Module:
     if job.init_from is not None:  # the driver checked that these weights fit model_config
         load_weights(model, Path(job.init_from) / MODEL_FILE)
     if job.lora is not None:
-        from dtmem.model.lora import apply_lora
+        from dtmem.model.lora import apply_lora_config
 
         lc = job.lora
-        model = apply_lora(
-            model,
-            rank=lc.rank,
-            alpha=lc.alpha,
-            dropout=lc.dropout,
-            targets=lc.targets,
-            train_initial_memory=lc.train_initial_memory,
-        )
+        model = apply_lora_config(model, lc)
     else:
         for p in model.parameters():
             p.requires_grad_(True)

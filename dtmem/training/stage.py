@@ -340,17 +340,10 @@ def prepare_finetune(cfg: FinetuneConfig) -> TrainPlan:
 
     model = loaded.model
     if cfg.mode == "lora":
-        from dtmem.model.lora import apply_lora
+        from dtmem.model.lora import apply_lora_config
 
         lc = cfg.lora
-        model = apply_lora(
-            model,
-            rank=lc.rank,
-            alpha=lc.alpha,
-            dropout=lc.dropout,
-            targets=lc.targets,
-            train_initial_memory=lc.train_initial_memory,
-        )
+        model = apply_lora_config(model, lc)
         _check_only_adapters(model, lc.train_initial_memory)
     counts = parameter_counts(model)
     if cfg.mode == "frozen":
@@ -504,3 +497,36 @@ def summary_rows(result: TrainResult, plan: TrainPlan) -> dict[str, Any]:
             f"models:/{plan.cfg.registry.name}/{result.model_version} (@{plan.cfg.registry.alias})"
         )
     return rows
+
+
+def run_stage(plan: TrainPlan, cfg: TrainConfig, stage: str, title: str) -> TrainResult:
+    """One training stage, shared by pretrain and finetune: open (or resume) its MLflow run,
+    train on Ray Train when the plan trains, export and log the model, stop a Ray this plan
+    started, print the summary."""
+    from rich.console import Console
+
+    from dtmem.tracking import start_run
+    from dtmem.training.launch import launch
+    from dtmem.training.report import summary_table
+
+    t0 = time.perf_counter()
+    try:
+        with start_run(
+            cfg.tracking,
+            stage=stage,
+            config=cfg,
+            tags=plan.tags,
+            run_name=cfg.tracking.run_name or plan.run_name,
+            run_id=plan.resume_run_id,
+        ) as run:
+            log_model_size(plan, run)
+            if plan.train:
+                launch(plan.job(run), cfg.scaling, cfg.failure)
+            result = finish(plan, run, wall_s=time.perf_counter() - t0)
+    finally:
+        if plan.ray_started:
+            import ray
+
+            ray.shutdown()
+    Console().print(summary_table(f"dtmem {title}", summary_rows(result, plan)))
+    return result
