@@ -132,6 +132,38 @@ def ui(
 
 
 @app.command()
+def quickstart(
+    config: Annotated[
+        Path | None, typer.Argument(help="Optional quickstart YAML.", show_default=False)
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Every stage once on tiny Meta-World data: collect, pretrain DT-Mem and a plain DT,
+    LoRA fine-tune, evaluate, sweep memory slots; then a summary (the README's main job)."""
+    from pipelines.quickstart import main as run
+
+    guarded(lambda: run(config, list(set_ or [])))
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish the sweep of this name (after a crash).")
+    ] = False,
+) -> None:
+    """Sweep config fields (memory slots, LoRA rank/alpha/dropout, ...) with Ray Tune + ASHA."""
+
+    def go() -> None:
+        from tuning.sweep import main as sweep_main
+
+        sweep_main(config, list(set_ or []), resume)
+
+    guarded(go)
+
+
+@app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
     slots: Annotated[int, typer.Option(help="Memory slots.")] = 64,
