@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/dtmem demo
+	$(BIN)/dtmem quickstart
 
 lint: setup
 	$(BIN)/ruff check .
