@@ -1,7 +1,7 @@
 """Every metric name the pipelines log, in one place. Each is prefixed by its family
-(``train/``, ``perf/``, ``eval/<task>/``, ``collect/``, ``system/`` is MLflow's own) and is
-always logged with a step: the optimiser step for training, the checkpoint step for
-evaluation, the collection round for collection."""
+(``train/``, ``val/``, ``perf/``, ``eval/<task>/``, ``collect/``, ``system/`` is MLflow's own)
+and is always logged with a step: the optimiser step for training, the checkpoint step for
+evaluation and validation, the collection round for collection."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ __all__ = [
     "COLLECT_STEPS",
     "COLLECT_STEPS_PER_S",
     "COLLECT_SUCCESS_RATE",
+    "EVAL_RETURN_MEAN",
     "FINETUNE_TRAINABLE_PARAMS",
     "MODEL_PARAMS",
     "PERF_PEAK_RSS_MB",
     "PERF_STEPS_PER_S",
+    "PERF_SWEEP_EVAL_S",
+    "PERF_SWEEP_LOG_S",
+    "PERF_SWEEP_LOOP_S",
+    "PERF_SWEEP_SETUP_S",
+    "PERF_SWEEP_TRAIN_S",
+    "PERF_SWEEP_TRIAL_S",
     "PERF_TOKENS_PER_S",
     "TRAIN_GRAD_NORM",
     "TRAIN_LOSS",
@@ -23,6 +30,8 @@ __all__ = [
     "TRAIN_LOSS_RETURN",
     "TRAIN_LOSS_REWARD",
     "TRAIN_LR",
+    "VAL_LOSS",
+    "VAL_LOSS_ACTION",
     "collect_metric",
     "eval_metric",
 ]
@@ -39,6 +48,18 @@ TRAIN_GRAD_NORM = "train/grad_norm"  # before clipping
 PERF_STEPS_PER_S = "perf/steps_per_s"
 PERF_TOKENS_PER_S = "perf/tokens_per_s"  # valid (unpadded) steps x tokens per step
 PERF_PEAK_RSS_MB = "perf/peak_rss_mb"  # the largest peak resident memory of any worker
+
+# Held-out validation loss of a sweep trial (tuning/sweep.py), at every checkpoint step.
+VAL_LOSS = "val/loss"  # total
+VAL_LOSS_ACTION = "val/loss_action"
+
+# A sweep trial's wall time by part (tuning/sweep.py), logged once at its last step.
+PERF_SWEEP_SETUP_S = "perf/sweep_setup_s"  # trial start to training start
+PERF_SWEEP_TRAIN_S = "perf/sweep_train_s"  # training, with the final evaluation
+PERF_SWEEP_LOOP_S = "perf/sweep_loop_s"  # the training loop itself (in train_s)
+PERF_SWEEP_EVAL_S = "perf/sweep_eval_s"  # the rollouts (in train_s)
+PERF_SWEEP_LOG_S = "perf/sweep_log_s"  # after training: export and MLflow logging
+PERF_SWEEP_TRIAL_S = "perf/sweep_trial_s"  # the whole trial
 
 # Model size, logged once at step 0.
 MODEL_PARAMS = "model/params"
@@ -59,6 +80,9 @@ EVAL_NAMES: tuple[str, ...] = (
     "score_normalized",  # DQN- or human-normalised score, as the stage says
     "success_rate",  # Meta-World: fraction of episodes that succeed
 )
+
+# A sweep trial's evaluation summary (tuning/sweep.py), at its last step.
+EVAL_RETURN_MEAN = "eval/return_mean"  # mean over evaluation tasks of the mean raw return
 
 
 def eval_metric(task: str, name: str) -> str:

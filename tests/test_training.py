@@ -232,6 +232,26 @@ def test_interrupted_run_resumes_exactly(data_root, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_on_checkpoint_runs_after_every_checkpoint(data_root, tmp_path) -> None:
+    """Checkpoints every 4 steps and at the end (10): the callback sees each one on disk."""
+    cfg = tiny_pretrain_config(data_root, tmp_path, optim=OptimConfig(lr=1e-3, max_steps=10))
+    job = _job(cfg)
+    run_dir = Path(job.run_dir)
+    calls: list[dict[str, object]] = []
+
+    def on_checkpoint(**kw: object) -> None:
+        step = kw["step"]
+        assert latest_checkpoint(run_dir) == run_dir / f"step_{step:08d}"
+        state = kw["trainer_state"]
+        assert isinstance(state, dict) and state["step"] == step
+        assert state["loss_history"][-1][0] == step  # log_every=1
+        assert isinstance(kw["model"], torch.nn.Module) and kw["model"].training
+        calls.append({k: kw[k] for k in ("step", "rank", "world_size")})
+
+    run_worker(job, local_context(), on_checkpoint=on_checkpoint)
+    assert calls == [{"step": s, "rank": 0, "world_size": 1} for s in (4, 8, 10)]
+
+
 def test_incomplete_checkpoints_are_never_loaded(data_root, tmp_path) -> None:
     cfg = tiny_pretrain_config(data_root, tmp_path, optim=OptimConfig(lr=1e-3, max_steps=8))
     job = _job(cfg)

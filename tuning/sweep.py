@@ -12,13 +12,13 @@ A trial (``run_trial``, a Tune function trainable) trains one config of the stag
 - ``executor: local`` (the default for one worker): the single-process training loop
   (``dtmem.training.loop.run_worker``) runs inside the trial and the trial reports with
   ``tune.report``. Tune reserves the worker's CPUs (``scaling.cpus_per_worker``).
-- ``executor: train`` (several workers): the trial builds and fits a Ray Train ``TorchTrainer``
-  whose ``RunConfig`` carries ``TuneReportCallback``; the workers' ``ray.train.report`` reach
-  Tune through it (``Tuner(TorchTrainer(...))`` is refused by Ray 2.60's Train V2). Tune
-  reserves ``resources.driver_cpus`` for the trial; Ray Train reserves the workers' CPUs in a
-  placement group of its own (Train V2 never schedules workers into the trial's placement
-  group, so a PlacementGroupFactory with worker bundles would reserve them twice and never
-  start). Concurrency is therefore capped at cluster CPUs // (driver_cpus + workers' CPUs).
+- ``executor: train`` (several workers): the trial fits a Ray Train ``TorchTrainer``
+  (``dtmem.training.launch.launch``) whose ``RunConfig`` carries ``TuneReportCallback``; the
+  workers' ``ray.train.report`` reach Tune through it (``Tuner(TorchTrainer(...))`` is refused
+  by Ray 2.60's Train V2). Tune reserves ``resources.driver_cpus`` for the trial; Ray Train
+  reserves the workers' CPUs in a placement group of its own (Train V2 never schedules
+  workers into the trial's placement group, so a PlacementGroupFactory with worker bundles
+  would reserve them twice and never start). Concurrency is therefore capped at cluster CPUs // (driver_cpus + workers' CPUs).
   Ray Train's own restarts are off (``max_failures=0``, controller limit 0, not Ray's -1 =
   forever); Tune restarts a failed trial (``resources.max_failures``) and the loop resumes
   from the trial's last checkpoint.
@@ -98,8 +98,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_METRICS",
     "STAGE",
-    "VAL_LOSS",
-    "VAL_LOSS_ACTION",
     "SweepError",
     "SweepPlan",
     "SweepResult",
@@ -110,14 +108,10 @@ __all__ = [
 ]
 
 STAGE = "sweep"
-# Metric names the sweep adds (to move to dtmem/metrics.py).
-VAL_LOSS = "val/loss"  # held-out validation loss (total), at every checkpoint
-VAL_LOSS_ACTION = "val/loss_action"
-EVAL_RETURN_MEAN = "eval/return_mean"  # mean over evaluation tasks of the mean raw return
 EVAL_SUCCESS_RATE_MEAN = "eval/success_rate_mean"  # as dtmem.evaluation.EVAL_SUCCESS_RATE_MEAN
 STEP = "step"  # optimiser steps: ASHA's time attribute
 TRAIN_LOSS = M.TRAIN_LOSS
-CHECKPOINT_METRICS: tuple[str, ...] = (VAL_LOSS, VAL_LOSS_ACTION, TRAIN_LOSS)
+CHECKPOINT_METRICS: tuple[str, ...] = (M.VAL_LOSS, M.VAL_LOSS_ACTION, TRAIN_LOSS)
 
 TRIAL_TAG = "dtmem.trial_id"
 SWEEP_TAG = "dtmem.sweep"
@@ -233,7 +227,7 @@ def _eval_metrics(evaluation: EvaluationConfig | None) -> tuple[str, ...]:
     from dtmem.evaluation import resolve_metaworld_tasks
     from dtmem.metrics import eval_metric
 
-    names = [EVAL_RETURN_MEAN, EVAL_SUCCESS_RATE_MEAN]
+    names = [M.EVAL_RETURN_MEAN, EVAL_SUCCESS_RATE_MEAN]
     for task in resolve_metaworld_tasks(evaluation.tasks):
         names += [eval_metric(task, "return_mean"), eval_metric(task, "success_rate")]
     return tuple(names)
@@ -325,7 +319,7 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
                 "every checkpoint: use val/loss, or scheduler.kind=fifo"
             )
         extra = (cfg.metric,)
-    score = cfg.plot.score or (EVAL_RETURN_MEAN if cfg.evaluation else cfg.metric)
+    score = cfg.plot.score or (M.EVAL_RETURN_MEAN if cfg.evaluation else cfg.metric)
     if score not in known:
         raise SweepError(f"plot.score {score!r}: no trial reports it; known: {', '.join(known)}")
 
@@ -451,42 +445,11 @@ def validation_loss(
         both = torch.stack([per_batch, action]).to(device)  # (2, n); gloo or nccl
         dist.all_reduce(both)
         per_batch, action = both.cpu()[0], both.cpu()[1]
-    means = {VAL_LOSS: float(per_batch.mean()), VAL_LOSS_ACTION: float(action.mean())}
+    means = {M.VAL_LOSS: float(per_batch.mean()), M.VAL_LOSS_ACTION: float(action.mean())}
     return means, per_batch.tolist()
 
 
 # --------------------------------------------------------------------------- trial reporting
-
-
-@contextmanager
-def checkpoint_hook(on_checkpoint: Callable[..., None]) -> Iterator[None]:
-    """Call ``on_checkpoint(step=, model=, rank=, world_size=, trainer_state=)`` right after
-    every training checkpoint of ``run_worker`` in this process.
-
-    Workaround: the training loop has no per-checkpoint callback yet, so this wraps the
-    ``save_checkpoint`` it calls (every worker calls it at the same steps, so a collective
-    inside ``on_checkpoint`` is safe). Restored on exit.
-    """
-    from dtmem.training import loop
-
-    original = loop.save_checkpoint
-
-    def save_and_report(run_dir: Any, step: int, **kw: Any) -> Path:
-        path = original(run_dir, step, **kw)
-        on_checkpoint(
-            step=step,
-            model=kw["model"],
-            rank=kw["rank"],
-            world_size=kw["world_size"],
-            trainer_state=kw["trainer_state"],
-        )
-        return path
-
-    loop.save_checkpoint = save_and_report
-    try:
-        yield
-    finally:
-        loop.save_checkpoint = original
 
 
 @dataclass
@@ -506,7 +469,7 @@ class TrialReporter:
 
     def __post_init__(self) -> None:
         if self.handle is not None:
-            history = self.handle.metric_history(VAL_LOSS)
+            history = self.handle.metric_history(M.VAL_LOSS)
             self.logged_up_to = max((s for s, _ in history), default=0)
 
     def on_checkpoint(
@@ -614,7 +577,7 @@ def evaluate_model(
             }
             for e in tr.episodes
         ]
-    metrics[EVAL_RETURN_MEAN] = float(np.mean([t.return_mean for t in results]))
+    metrics[M.EVAL_RETURN_MEAN] = float(np.mean([t.return_mean for t in results]))
     metrics[EVAL_SUCCESS_RATE_MEAN] = float(np.mean([t.success_rate or 0.0 for t in results]))
     return metrics, rows
 
@@ -810,11 +773,10 @@ def _train_and_finish(
     if spec.executor == "local":
         reporter = TrialReporter(batches, tune.report, spec.extra_keys, spec.evaluation, handle=run)
         ctx = local_context(cfg.scaling.use_gpu)
-        with checkpoint_hook(reporter.on_checkpoint):
-            run_worker(job, ctx)
+        run_worker(job, ctx, on_checkpoint=reporter.on_checkpoint)
         reporter.on_end(job, ctx, loop_s=time.time() - t_train)
     else:
-        _fit_on_ray_train(spec, cfg, job, batches, trial_id)
+        _fit_on_ray_train(spec, cfg, job, batches)
     t_end = time.time()
     log_event(spec.sweep_dir, "train_end", trial_id=trial_id, train_s=t_end - t_train)
     final = _read_json(run_dir / FINAL_FILE)
@@ -829,7 +791,15 @@ def _train_and_finish(
         "log_s": time.time() - t_end,
         "trial_s": time.time() - t0,
     }
-    run.log_metrics({f"perf/sweep_{k}": v for k, v in timings.items()}, step=result.steps)
+    perf = {
+        M.PERF_SWEEP_SETUP_S: timings["setup_s"],
+        M.PERF_SWEEP_TRAIN_S: timings["train_s"],
+        M.PERF_SWEEP_LOOP_S: timings["loop_s"],
+        M.PERF_SWEEP_EVAL_S: timings["eval_s"],
+        M.PERF_SWEEP_LOG_S: timings["log_s"],
+        M.PERF_SWEEP_TRIAL_S: timings["trial_s"],
+    }
+    run.log_metrics(perf, step=result.steps)
     payload = {
         "trial_id": trial_id,
         "values": dict(values),
@@ -846,40 +816,31 @@ def _train_and_finish(
 
 
 def _fit_on_ray_train(
-    spec: TrialSpec, cfg: TrainConfig, job: TrainJob, batches: list[Batch], trial_id: str
+    spec: TrialSpec, cfg: TrainConfig, job: TrainJob, batches: list[Batch]
 ) -> None:
-    """Fit a TorchTrainer whose workers report through ``TuneReportCallback``."""
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import FailureConfig, RunConfig
-    from ray.train.v2.api.config import ScalingConfig as RayScalingConfig
+    """Train on Ray Train, the workers reporting through ``TuneReportCallback``; Ray Train's
+    own restarts are off (Tune restarts the trial)."""
+    import functools
+
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    scaling = cfg.scaling
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={
-            "job": job,
-            "batches": batches,
-            "extra_keys": spec.extra_keys,
-            "evaluation": spec.evaluation,
-        },
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=RayScalingConfig(
-            num_workers=scaling.num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker},
-        ),
-        run_config=RunConfig(  # type: ignore[arg-type]  # Train V2's at run time
-            name=trial_id,
-            storage_path=str(Path(job.run_dir) / "ray"),
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            callbacks=[TuneReportCallback()],
-        ),
+    from dtmem.config.train import FailureConfig
+    from dtmem.training.launch import launch
+
+    worker = functools.partial(
+        _train_worker, batches=batches, extra_keys=spec.extra_keys, evaluation=spec.evaluation
     )
-    trainer.fit()
+    no_restarts = FailureConfig(max_failures=0, controller_failures=0)
+    launch(job, cfg.scaling, no_restarts, callbacks=[TuneReportCallback()], worker_fn=worker)
 
 
-def _train_worker(config: dict[str, Any]) -> None:
+def _train_worker(
+    config: dict[str, Any],
+    *,
+    batches: list[Batch],
+    extra_keys: tuple[str, ...],
+    evaluation: EvaluationConfig | None,
+) -> None:
     """``train_loop_per_worker``: the training loop with the trial's reporter; rank 0 records
     the worker group's placement group so the driver can free it if the trial is stopped."""
     import ray.train
@@ -898,15 +859,10 @@ def _train_worker(config: dict[str, Any]) -> None:
         if job.run_id is not None and job.tracking_uri is not None:
             handle = attach(job.tracking_uri, job.run_id)
     reporter = TrialReporter(
-        config["batches"],
-        lambda metrics: ray.train.report(metrics),
-        config["extra_keys"],
-        config["evaluation"],
-        handle=handle,
+        batches, lambda metrics: ray.train.report(metrics), extra_keys, evaluation, handle=handle
     )
     t0 = time.time()
-    with checkpoint_hook(reporter.on_checkpoint):
-        run_worker(job, ctx)
+    run_worker(job, ctx, on_checkpoint=reporter.on_checkpoint)
     reporter.on_end(job, ctx, loop_s=time.time() - t0)
 
 
@@ -1251,7 +1207,7 @@ def _samples(plan: SweepPlan, trial_id: str, score: str) -> list[float]:
         if len(parts) == 3:  # eval/<task>/<name>
             episodes = [e for e in episodes if e["task"] == parts[1]]
         return [float(e[key] or 0.0) for e in episodes]
-    if score == VAL_LOSS:
+    if score == M.VAL_LOSS:
         return [float(v) for v in done.get("val_batches", [])]
     return []
 

@@ -2,11 +2,14 @@
 
 On Ray, each worker runs ``run_worker(job, ray_context())``: the single-process loop plus
 Ray's prepare step. Worker failures restart the whole worker group (``FailureConfig``), and
-the loop resumes from the run directory's last checkpoint.
+the loop resumes from the run directory's last checkpoint. A sweep trial passes its own
+worker function (the loop with a per-checkpoint report) and Ray Train callbacks
+(``TuneReportCallback``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,20 @@ def check_ray_resources(scaling: ScalingConfig) -> None:
         )
 
 
-def launch(job: TrainJob, scaling: ScalingConfig, failure: FailureConfig) -> None:
-    """Train ``job`` to the end; raises if training fails after the allowed restarts."""
+def launch(
+    job: TrainJob,
+    scaling: ScalingConfig,
+    failure: FailureConfig,
+    *,
+    callbacks: Sequence[Any] = (),
+    worker_fn: Callable[[dict[str, Any]], None] = ray_worker,
+) -> None:
+    """Train ``job`` to the end; raises if training fails after the allowed restarts.
+
+    On Ray, ``worker_fn`` is the ``train_loop_per_worker`` (its config is ``{"job": job}``)
+    and ``callbacks`` go to the ``RunConfig`` (``ray.train.UserCallback``); both are unused
+    when ``scaling.ray`` is false.
+    """
     if not scaling.ray:
         run_worker(job, local_context(scaling.use_gpu))
         return
@@ -69,7 +84,7 @@ def launch(job: TrainJob, scaling: ScalingConfig, failure: FailureConfig) -> Non
     check_ray_resources(scaling)
     run_dir = Path(job.run_dir)
     trainer = TorchTrainer(
-        ray_worker,
+        worker_fn,
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScalingConfig(
@@ -84,6 +99,7 @@ def launch(job: TrainJob, scaling: ScalingConfig, failure: FailureConfig) -> Non
                 max_failures=failure.max_failures,
                 controller_failure_limit=failure.controller_failures,
             ),
+            callbacks=list(callbacks),
         ),
     )
     trainer.fit()

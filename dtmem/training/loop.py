@@ -11,7 +11,8 @@ Per worker the sampler yields its own shard of windows (``build_sampler(rank, wo
 so the global batch is ``num_workers * data.batch_size`` windows. Every ``log_every`` steps the
 losses and throughput are averaged over workers and rank 0 logs them to MLflow (Train V2
 keeps only metrics reported with a checkpoint, so they go to MLflow directly); every
-``checkpoint.every_steps`` steps, and at the end, all workers write a checkpoint together.
+``checkpoint.every_steps`` steps, and at the end, all workers write a checkpoint together,
+then call ``on_checkpoint`` if one is given (a sweep reports its validation loss there).
 
 Resuming: the loop starts from the run directory's latest complete checkpoint (weights,
 optimiser, schedule, data position and RNG), so a restarted worker group, or the whole job
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,8 +266,15 @@ def _maybe_fail(job: TrainJob, ctx: WorkerContext, step: int) -> None:
     raise SimulatedFailure(f"fail_at_step: simulated failure at step {step}")
 
 
-def run_worker(job: TrainJob, ctx: WorkerContext) -> dict[str, Any]:
+def run_worker(
+    job: TrainJob, ctx: WorkerContext, on_checkpoint: Callable[..., None] | None = None
+) -> dict[str, Any]:
     """Train from the latest checkpoint of ``job.run_dir`` to ``optim.max_steps``.
+
+    ``on_checkpoint(step=, model=, rank=, world_size=, trainer_state=)`` is called on every
+    worker right after each checkpoint is written (every worker at the same steps, so it may
+    run collectives); ``model`` is the (DDP-wrapped) model in training, ``trainer_state`` the
+    saved one (step, loss history, scheduler).
 
     Returns rank 0's final trainer state (step, loss history); exports the final model to
     ``<run_dir>/final`` (rank 0).
@@ -341,13 +349,14 @@ def run_worker(job: TrainJob, ctx: WorkerContext) -> dict[str, Any]:
             progress.update(step, values[M.TRAIN_LOSS], values[M.PERF_STEPS_PER_S])
             interval = _Interval(ctx.device)
         if step % cfg.checkpoint.every_steps == 0 or step == max_steps:
+            trainer_state = {**state, "scheduler": scheduler.state_dict()}
             save_checkpoint(
                 run_dir,
                 step,
                 model=model,
                 model_config=job.model_config,
                 optimizer=optimizer,
-                trainer_state={**state, "scheduler": scheduler.state_dict()},
+                trainer_state=trainer_state,
                 sampler_state=sampler.state_dict(),
                 state_stats=job.state_stats,
                 rank=ctx.rank,
@@ -355,6 +364,14 @@ def run_worker(job: TrainJob, ctx: WorkerContext) -> dict[str, Any]:
                 keep_last=cfg.checkpoint.keep_last,
                 barrier=ctx.barrier,
             )
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    step=step,
+                    model=model,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                    trainer_state=trainer_state,
+                )
         _maybe_fail(job, ctx, step)
     progress.close()
     if ctx.rank == 0:
