@@ -232,11 +232,11 @@ def _print_summary(
     console.print(table)
     if result.sweep_rows:
         sweep = Table(title="memory-slot sweep", box=box.SIMPLE_HEAVY)
-        keys = list(result.sweep_rows[0])
-        for k in keys:
-            sweep.add_column(k, justify="right")
+        columns = ("model.memory.slots", "status", "step", "val/loss", "eval/success_rate_mean")
+        for name in ("slots", "status", "step", "val loss", "success"):
+            sweep.add_column(name, justify="right")
         for r in result.sweep_rows:
-            sweep.add_row(*(_fmt(r.get(k)) for k in keys))
+            sweep.add_row(*(_fmt(r.get(k)) for k in columns))
         console.print(sweep)
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.times.seconds.items())
     console.print(f"[bold]time[/]: {sum(result.times.seconds.values()):.0f}s ({stages})")
