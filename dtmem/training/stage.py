@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -47,6 +47,8 @@ from dtmem.training.checkpoint import (
     resolve_model_dir,
 )
 from dtmem.training.loop import TrainJob
+
+C = TypeVar("C", PretrainConfig, FinetuneConfig)
 
 __all__ = [
     "RunDirError",
@@ -275,10 +277,21 @@ def _start_ray(cfg: TrainConfig) -> bool:
 # --------------------------------------------------------------------------- plans
 
 
+def _resolve_data_root(cfg: C) -> C:
+    """The config with ``data.root`` resolved here, in the driver: Ray Train workers must not
+    resolve it from their own environment (a worker started before the driver set
+    MINARI_DATASETS_PATH, or on another node, would look elsewhere)."""
+    from dtmem.data.minari_io import resolve_root
+
+    root = str(resolve_root(cfg.data.root))
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
+
+
 def prepare_pretrain(cfg: PretrainConfig) -> TrainPlan:
     """Every check of a pretraining run, before any training compute."""
     from dtmem.model import build_model
 
+    cfg = _resolve_data_root(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_tracking(uri)
     run_name = _run_name(cfg, "pretrain")
@@ -317,6 +330,7 @@ def load_model_stats(model_dir: Path) -> StateStats | None:
 
 def prepare_finetune(cfg: FinetuneConfig) -> TrainPlan:
     """Every check of a fine-tuning run, before any training compute."""
+    cfg = _resolve_data_root(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_tracking(uri)
     model_dir = resolve_model_dir(cfg.pretrained, tracking_uri=uri)
