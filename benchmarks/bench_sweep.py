@@ -39,7 +39,9 @@ from dtmem.config.base import load_config
 from dtmem.config.sweep import SweepConfig
 from dtmem.data.episodes import Episode
 from dtmem.data.minari_io import write_dataset
-from tuning.sweep import RESULT_FILE, RUNS_DIR, read_events, resolve_base, run_sweep
+from dtmem.sweep.base import RESULT_FILE, RUNS_DIR, read_events
+from dtmem.sweep.plan import resolve_base
+from tuning.sweep import run_sweep
 
 SMOKE = Path(__file__).resolve().parents[1] / "tuning" / "smoke.yaml"
 TASKS = ("reach-v3", "push-v3", "pick-place-v3")

@@ -49,11 +49,11 @@ PERF_STEPS_PER_S = "perf/steps_per_s"
 PERF_TOKENS_PER_S = "perf/tokens_per_s"  # valid (unpadded) steps x tokens per step
 PERF_PEAK_RSS_MB = "perf/peak_rss_mb"  # the largest peak resident memory of any worker
 
-# Held-out validation loss of a sweep trial (tuning/sweep.py), at every checkpoint step.
+# Held-out validation loss of a sweep trial (dtmem/sweep/trial.py), at every checkpoint step.
 VAL_LOSS = "val/loss"  # total
 VAL_LOSS_ACTION = "val/loss_action"
 
-# A sweep trial's wall time by part (tuning/sweep.py), logged once at its last step.
+# A sweep trial's wall time by part (dtmem/sweep/trial.py), logged once at its last step.
 PERF_SWEEP_SETUP_S = "perf/sweep_setup_s"  # trial start to training start
 PERF_SWEEP_TRAIN_S = "perf/sweep_train_s"  # training, with the final evaluation
 PERF_SWEEP_LOOP_S = "perf/sweep_loop_s"  # the training loop itself (in train_s)
@@ -65,7 +65,7 @@ PERF_SWEEP_TRIAL_S = "perf/sweep_trial_s"  # the whole trial
 MODEL_PARAMS = "model/params"
 FINETUNE_TRAINABLE_PARAMS = "model/trainable_params"
 
-# Collection (pipelines/collect), step = collection round.
+# Collection (dtmem/collect/driver.py), step = collection round.
 COLLECT_EPISODES = "collect/episodes"
 COLLECT_STEPS = "collect/steps"
 COLLECT_RETURN_MEAN = "collect/return_mean"
@@ -81,7 +81,7 @@ EVAL_NAMES: tuple[str, ...] = (
     "success_rate",  # Meta-World: fraction of episodes that succeed
 )
 
-# A sweep trial's evaluation summary (tuning/sweep.py), at its last step.
+# A sweep trial's evaluation summary (dtmem/sweep/trial.py), at its last step.
 EVAL_RETURN_MEAN = "eval/return_mean"  # mean over evaluation tasks of the mean raw return
 
 

@@ -23,19 +23,13 @@ from dtmem.config.sweep import SweepConfig
 from dtmem.config.train import FinetuneConfig, PretrainConfig
 from dtmem.data.episodes import Episode
 from dtmem.data.minari_io import write_dataset
-from tuning.space import SpaceError, apply_values, check_paths, grid_size, parse_space
-from tuning.sweep import (
-    TRIAL_TAG,
-    SweepError,
-    bootstrap_ci,
-    plan_sweep,
-    plot_heatmap,
-    plot_score,
-    read_events,
-    resolve_base,
-    run_sweep,
-    score_points,
-)
+from dtmem.sweep.base import SweepError, read_events
+from dtmem.sweep.plan import plan_sweep, resolve_base
+from dtmem.sweep.plots import plot_heatmap, plot_score
+from dtmem.sweep.results import bootstrap_ci, score_points
+from dtmem.sweep.space import SpaceError, apply_values, check_paths, grid_size, parse_space
+from dtmem.sweep.tracking import TRIAL_TAG
+from tuning.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNING = ROOT / "tuning"
@@ -232,7 +226,7 @@ def test_bad_input_is_refused_before_any_trial(env, monkeypatch, extra, error, m
     def no_tuner(*args, **kwargs):
         raise AssertionError("a trial was about to start")
 
-    monkeypatch.setattr("tuning.sweep._tuner", no_tuner)
+    monkeypatch.setattr("tuning.sweep.build_tuner", no_tuner)
     cfg = load_config(SweepConfig, SMOKE, smoke_overrides(env, "bad", *extra))
     if not Path(cfg.base).is_absolute() and cfg.base != "nowhere.yaml":
         cfg = cfg.model_copy(update={"base": str(resolve_base(cfg.base, SMOKE.parent))})

@@ -153,7 +153,7 @@ def test_registry_alias_and_version_resolve_to_the_run_artifacts(store, tmp_path
 def test_metric_names_are_prefixed_and_sanitised() -> None:
     names = [getattr(M, n) for n in M.__all__ if n.isupper()]
     assert all("/" in n for n in names)
-    assert {n.split("/")[0] for n in names} <= {"train", "perf", "model", "collect"}
+    assert {n.split("/")[0] for n in names} <= {"train", "val", "eval", "perf", "model", "collect"}
     assert M.eval_metric("ALE/Breakout-v5", "return_mean") == "eval/ALE_Breakout-v5/return_mean"
     assert M.collect_metric("reach-v3", "steps") == "collect/reach-v3/steps"
 

@@ -7,6 +7,8 @@ Modules (import the one you need; this package imports nothing heavy):
     rllib_agent  train RLlib agents on Atari with checkpoints, and act from a checkpoint
     actors       ``record_episodes`` (a plain loop: policy + vector env -> ``Episode``s),
                  ``CollectWorker`` (owns envs and policies per task) and its Ray actor
+    driver       the collection driver: fingerprints, per-task state, chunk scheduling on the
+                 actors, in-order dataset writers, the summary table
 
-The pipeline that drives them and writes the datasets is ``pipelines/collect.py``.
+The entry point that composes them is ``pipelines/collect.py``.
 """

@@ -1,6 +1,6 @@
 """Config of ``dtmem sweep``: a Ray Tune sweep over any fields of a pretraining or fine-tuning
 config, named by dotted path (``model.memory.slots``, ``lora.rank``). One YAML file per sweep
-in ``tuning/``; the search space itself is checked by ``tuning.space`` against the stage's
+in ``tuning/``; the search space itself is checked by ``dtmem.sweep.space`` against the stage's
 config (the paths, the value types) before any trial starts."""
 
 from __future__ import annotations

@@ -1,0 +1,213 @@
+"""The driver side of a sweep on Ray Tune: the cluster's room for trials, the ``Tuner``
+(ASHA or FIFO, basic or Optuna search) or its restore, the callback that frees an
+early-stopped trial's resources and ends its MLflow run, and the storage checks of a new or
+resumed sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dtmem.config.tracking import TrackingConfig
+from dtmem.sweep.base import (
+    RESULT_FILE,
+    RUNS_DIR,
+    STATE_FILE,
+    STEP,
+    STOPPED_MARKER,
+    TUNE_DIR,
+    SweepError,
+    log_event,
+    read_json,
+)
+from dtmem.sweep.plan import SweepPlan
+from dtmem.sweep.space import tune_param_space
+from dtmem.sweep.tracking import end_trial_run, find_trial_run
+from dtmem.sweep.trial import release_train_workers, run_trial
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "build_tuner",
+    "check_storage",
+    "ray_session",
+    "resources_per_trial",
+]
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _tune_callback_class() -> type:
+    from ray import tune
+
+    class _SweepCallback(tune.Callback):
+        """Driver side of every trial: the event log; when Tune stops a trial early, its
+        MLflow run ends KILLED and its Ray Train workers' placement group is removed."""
+
+        def __init__(self, sweep_dir: str, tracking: TrackingConfig, parent_run_id: str):
+            self.sweep_dir = sweep_dir
+            self.tracking = tracking
+            self.parent_run_id = parent_run_id
+
+        def _run_dir(self, trial: Any) -> Path:
+            return Path(self.sweep_dir) / RUNS_DIR / str(trial.trial_id)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            log_event(self.sweep_dir, "trial_start", trial_id=trial.trial_id)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            run_dir = self._run_dir(trial)
+            finished = (run_dir / RESULT_FILE).is_file()
+            log_event(
+                self.sweep_dir,
+                "trial_complete",
+                trial_id=trial.trial_id,
+                status="finished" if finished else "early_stopped",
+                step=(trial.last_result or {}).get(STEP),
+            )
+            if finished:
+                return
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / STOPPED_MARKER).write_text("stopped by the scheduler\n")
+            run_id = find_trial_run(self.tracking, self.parent_run_id, trial.trial_id)
+            if run_id is not None:
+                assert self.tracking.uri is not None
+                end_trial_run(self.tracking.uri, run_id, "KILLED", "early_stopped")
+            release_train_workers(run_dir)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            log_event(self.sweep_dir, "trial_retry", trial_id=trial.trial_id)
+            release_train_workers(self._run_dir(trial))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            log_event(self.sweep_dir, "trial_error", trial_id=trial.trial_id)
+            release_train_workers(self._run_dir(trial))
+
+    return _SweepCallback
+
+
+def resources_per_trial(plan: SweepPlan) -> tuple[dict[str, float], int]:
+    """Tune's reservation per trial and how many trials the cluster holds at once."""
+    import ray
+
+    scaling = plan.base_config.scaling
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if plan.spec.executor == "local":
+        trial = {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0}
+        need_cpu, need_gpu = trial["CPU"], trial["GPU"]
+    else:
+        trial = {"CPU": plan.cfg.resources.driver_cpus}
+        need_cpu = trial["CPU"] + scaling.num_workers * scaling.cpus_per_worker
+        need_gpu = float(scaling.num_workers) if scaling.use_gpu else 0.0
+    fits = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu:
+        fits = min(fits, math.floor(gpus / need_gpu + 1e-9))
+    if fits < 1:
+        raise SweepError(
+            f"resources: a trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"({plan.spec.executor} executor); the Ray cluster has {cpus:g} CPUs, {gpus:g} GPUs"
+        )
+    return trial, min(plan.cfg.resources.max_concurrent_trials, fits)
+
+
+def build_tuner(
+    plan: SweepPlan, trial_resources: dict[str, float], concurrency: int, restore: bool
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    cfg = plan.cfg
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=plan.spec),
+        {k: v for k, v in trial_resources.items() if v},
+    )
+    if restore:
+        return tune.Tuner.restore(
+            str(plan.tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    if cfg.scheduler.kind == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr=STEP,
+            max_t=plan.max_t + 1,  # ASHA stops a trial that reaches max_t: let it finish
+            grace_period=cfg.scheduler.grace_period,
+            reduction_factor=cfg.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    if cfg.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg: Any = OptunaSearch(seed=cfg.seed)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # a SearchAlgorithm ignores TuneConfig.max_concurrent_trials: give it here
+        search_alg = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
+    assert plan.spec.parent_run_id is not None
+    callback = _tune_callback_class()(
+        plan.spec.sweep_dir, plan.spec.tracking, plan.spec.parent_run_id
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=tune_param_space(plan.axes),
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=concurrency if cfg.search == "optuna" else None,
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(plan.sweep_dir),
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            callbacks=[callback],
+            verbose=1,
+        ),
+    )
+
+
+def check_storage(plan: SweepPlan, resume: bool) -> tuple[str | None, bool]:
+    """(the sweep's MLflow run id to continue or None, whether Tune's state can be
+    restored); refuses to start a sweep over an existing one or to resume a missing one."""
+    from ray import tune
+
+    state = read_json(plan.sweep_dir / STATE_FILE)
+    exists = plan.tune_dir.exists()
+    if not resume:
+        if exists or state is not None:
+            raise SweepError(
+                f"sweep {plan.cfg.name!r} already exists in {plan.sweep_dir}: add --resume "
+                "to finish it, or choose another name"
+            )
+        return None, False
+    if state is None:
+        raise SweepError(f"--resume: no sweep to resume in {plan.sweep_dir}")
+    # killed before Tune wrote its first state: start the trials afresh under the same run
+    return str(state["run_id"]), exists and tune.Tuner.can_restore(str(plan.tune_dir))
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """Ray as found ($RAY_ADDRESS, tests), else a local instance shut down afterwards."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,102 @@
+"""MLflow of the trials: a nested run per trial under the sweep's run (tag
+``mlflow.parentRunId``; ``dtmem.trial_id``), found by trial id so that a restarted trial
+continues the same run, and ended with its trial status (``dtmem.trial_status``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from dtmem.config.tracking import TrackingConfig
+from dtmem.sweep.plan import TrialSpec
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from dtmem.tracking import RunHandle
+
+__all__ = [
+    "PARENT_TAG",
+    "SWEEP_DIR_TAG",
+    "SWEEP_TAG",
+    "TRIAL_STATUS_TAG",
+    "TRIAL_TAG",
+    "end_trial_run",
+    "find_trial_run",
+    "mlflow_client",
+    "trial_run",
+]
+
+TRIAL_TAG = "dtmem.trial_id"
+SWEEP_TAG = "dtmem.sweep"
+SWEEP_DIR_TAG = "dtmem.sweep_dir"
+TRIAL_STATUS_TAG = "dtmem.trial_status"  # finished | early_stopped | failed
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def mlflow_client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def find_trial_run(tracking: TrackingConfig, parent_run_id: str, trial_id: str) -> str | None:
+    """The MLflow run of a trial of the sweep run ``parent_run_id``, or None."""
+    assert tracking.uri is not None
+    client = mlflow_client(tracking.uri)
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = "
+        f"'{parent_run_id}'",
+        max_results=2,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def trial_run(
+    spec: TrialSpec, cfg: BaseModel, trial_id: str, values: Mapping[str, Any], tags: dict[str, str]
+) -> RunHandle:
+    """The trial's nested MLflow run: found by trial id (a restarted trial continues it) or
+    created; config as params and config.yaml, the swept values as tags."""
+    from dtmem.tracking import STAGE_TAG, RunHandle, config_params, git_commit, version_tags
+
+    assert spec.tracking.uri is not None and spec.parent_run_id is not None
+    client = mlflow_client(spec.tracking.uri)
+    run_id = find_trial_run(spec.tracking, spec.parent_run_id, trial_id)
+    all_tags = {
+        STAGE_TAG: spec.stage,
+        PARENT_TAG: spec.parent_run_id,
+        TRIAL_TAG: trial_id,
+        SWEEP_TAG: spec.name,
+        **version_tags(),
+        **tags,
+        **{f"sweep.{k}": str(v) for k, v in values.items()},
+    }
+    commit = git_commit()
+    if commit:
+        all_tags["dtmem.git_commit"] = commit
+    if run_id is None:
+        exp = client.get_experiment_by_name(spec.tracking.experiment)
+        run = client.create_run(
+            exp.experiment_id, tags=all_tags, run_name=f"{spec.name}-{trial_id}"
+        )
+        run_id = run.info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    handle = RunHandle(run_id=run_id, uri=spec.tracking.uri)
+    handle.set_tags(all_tags)
+    handle.log_params(config_params(cfg))
+    handle.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    return handle
+
+
+def end_trial_run(uri: str, run_id: str, status: str, trial_status: str) -> None:
+    client = mlflow_client(uri)
+    client.set_tag(run_id, TRIAL_STATUS_TAG, trial_status)
+    client.set_terminated(run_id, status=status)
