@@ -322,7 +322,9 @@ def test_smoke_sweep(env, ray_session) -> None:
     assert finished and result.best is not None and result.best["status"] == "finished"
     assert result.best["val/loss"] == min(r["val/loss"] for r in finished)
     for r in result.trials("early_stopped"):
-        assert r["step"] == 4  # stopped at the first rung
+        # stopped at a rung (grace period 4, reduction factor 2: steps 4 and 8). Which rung
+        # depends on the order results of concurrent trials reach async ASHA.
+        assert r["step"] in (4, 8), r
 
     runs = {r.data.tags[TRIAL_TAG]: r for r in trial_runs(env, result.run_id)}
     assert set(runs) == {r["trial_id"] for r in rows}  # exactly one run per trial
