@@ -49,7 +49,18 @@ import torch
 
 from dtmem.data.windows import StateStats
 from dtmem.envs import EnvSpec, VectorEnv, VectorStep
-from dtmem.metrics import eval_metric
+from dtmem.metrics import (
+    EVAL_ACTORS_REPLACED,
+    EVAL_IQM_DQN,
+    EVAL_IQM_DQN_HIGH,
+    EVAL_IQM_DQN_LOW,
+    EVAL_IQM_HUMAN,
+    EVAL_IQM_HUMAN_HIGH,
+    EVAL_IQM_HUMAN_LOW,
+    EVAL_SUCCESS_RATE_MEAN,
+    PERF_EVAL_STEPS_PER_S,
+    eval_metric,
+)
 from dtmem.model import DecisionTransformer, ModelSpec
 from dtmem.rollout import (
     DTPolicy,
@@ -75,15 +86,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVAL_ACTORS_REPLACED",
-    "EVAL_EPISODES",
     "EVAL_IQM_DQN",
     "EVAL_IQM_DQN_HIGH",
     "EVAL_IQM_DQN_LOW",
     "EVAL_IQM_HUMAN",
     "EVAL_IQM_HUMAN_HIGH",
     "EVAL_IQM_HUMAN_LOW",
-    "EVAL_LENGTH_MEAN",
-    "EVAL_SCORE_DQN",
     "EVAL_SUCCESS_RATE_MEAN",
     "PERF_EVAL_STEPS_PER_S",
     "DuplicateTaskError",
@@ -115,20 +123,6 @@ __all__ = [
 ]
 
 Suite = Literal["atari", "metaworld"]
-
-# Metric names not (yet) in dtmem.metrics: per-task names go through eval_metric(task, name).
-EVAL_SCORE_DQN = "score_dqn_normalized"  # eval/<game>/...: DQN-normalised mean score
-EVAL_LENGTH_MEAN = "length_mean"  # eval/<task>/...: mean episode length in agent steps
-EVAL_EPISODES = "episodes"  # eval/<task>/...: episodes counted (exactly the requested number)
-EVAL_IQM_HUMAN = "eval/iqm_human_normalized"  # IQM across games of human-normalised means
-EVAL_IQM_HUMAN_LOW = "eval/iqm_human_normalized_ci_low"  # its bootstrap CI
-EVAL_IQM_HUMAN_HIGH = "eval/iqm_human_normalized_ci_high"
-EVAL_IQM_DQN = "eval/iqm_dqn_normalized"  # the same with DQN-normalised scores
-EVAL_IQM_DQN_LOW = "eval/iqm_dqn_normalized_ci_low"
-EVAL_IQM_DQN_HIGH = "eval/iqm_dqn_normalized_ci_high"
-EVAL_SUCCESS_RATE_MEAN = "eval/success_rate_mean"  # mean over Meta-World tasks
-EVAL_ACTORS_REPLACED = "eval/actors_replaced"  # dead actors replaced during the run
-PERF_EVAL_STEPS_PER_S = "perf/eval_env_steps_per_s"  # agent steps of all episodes / wall time
 
 _SEED_SPACE = 1 << 30  # env seeds stay well inside int32 (ALE) after adding episode indices
 
@@ -706,12 +700,12 @@ def metrics_of(result: EvalResult) -> dict[str, float]:
     for t in result.tasks:
         out[eval_metric(t.task, "return_mean")] = t.return_mean
         out[eval_metric(t.task, "return_top3")] = t.return_top3
-        out[eval_metric(t.task, EVAL_LENGTH_MEAN)] = t.length_mean
-        out[eval_metric(t.task, EVAL_EPISODES)] = float(len(t.episodes))
+        out[eval_metric(t.task, "length_mean")] = t.length_mean
+        out[eval_metric(t.task, "episodes")] = float(len(t.episodes))
         if t.human_normalized is not None:
             out[eval_metric(t.task, "score_normalized")] = t.human_normalized
         if t.dqn_normalized is not None:
-            out[eval_metric(t.task, EVAL_SCORE_DQN)] = t.dqn_normalized
+            out[eval_metric(t.task, "score_dqn_normalized")] = t.dqn_normalized
         if t.success_rate is not None:
             out[eval_metric(t.task, "success_rate")] = t.success_rate
     for ci, (name, low, high) in (

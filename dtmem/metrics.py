@@ -12,9 +12,18 @@ __all__ = [
     "COLLECT_STEPS",
     "COLLECT_STEPS_PER_S",
     "COLLECT_SUCCESS_RATE",
+    "EVAL_ACTORS_REPLACED",
+    "EVAL_IQM_DQN",
+    "EVAL_IQM_DQN_HIGH",
+    "EVAL_IQM_DQN_LOW",
+    "EVAL_IQM_HUMAN",
+    "EVAL_IQM_HUMAN_HIGH",
+    "EVAL_IQM_HUMAN_LOW",
     "EVAL_RETURN_MEAN",
+    "EVAL_SUCCESS_RATE_MEAN",
     "FINETUNE_TRAINABLE_PARAMS",
     "MODEL_PARAMS",
+    "PERF_EVAL_STEPS_PER_S",
     "PERF_PEAK_RSS_MB",
     "PERF_STEPS_PER_S",
     "PERF_SWEEP_EVAL_S",
@@ -79,6 +88,9 @@ EVAL_NAMES: tuple[str, ...] = (
     "return_top3",  # mean of the best 3 episodes (MDT's report)
     "score_normalized",  # DQN- or human-normalised score, as the stage says
     "success_rate",  # Meta-World: fraction of episodes that succeed
+    "score_dqn_normalized",  # Atari: DQN-normalised mean score (where the table defines it)
+    "length_mean",  # mean episode length in agent steps
+    "episodes",  # episodes counted (exactly the requested number)
 )
 
 # A sweep trial's evaluation summary (dtmem/sweep/trial.py), at its last step.
@@ -98,3 +110,15 @@ def collect_metric(task: str, name: str) -> str:
 def _clean(task: str) -> str:
     """One path segment: alphanumerics, ``_ - .`` kept, anything else (``/`` included) '_'."""
     return "".join(c if c.isalnum() or c in "_-." else "_" for c in task)
+
+
+# Evaluation aggregates (dtmem.evaluation).
+EVAL_IQM_HUMAN = "eval/iqm_human_normalized"  # IQM across games of human-normalised means
+EVAL_IQM_HUMAN_LOW = "eval/iqm_human_normalized_ci_low"  # its bootstrap CI
+EVAL_IQM_HUMAN_HIGH = "eval/iqm_human_normalized_ci_high"
+EVAL_IQM_DQN = "eval/iqm_dqn_normalized"  # the same with DQN-normalised scores
+EVAL_IQM_DQN_LOW = "eval/iqm_dqn_normalized_ci_low"
+EVAL_IQM_DQN_HIGH = "eval/iqm_dqn_normalized_ci_high"
+EVAL_SUCCESS_RATE_MEAN = "eval/success_rate_mean"  # mean over Meta-World tasks
+EVAL_ACTORS_REPLACED = "eval/actors_replaced"  # dead actors replaced during the run
+PERF_EVAL_STEPS_PER_S = "perf/eval_env_steps_per_s"  # agent steps of all episodes / wall time

@@ -30,7 +30,6 @@ from dtmem.evaluation import (
     EVAL_IQM_HUMAN,
     EVAL_IQM_HUMAN_HIGH,
     EVAL_IQM_HUMAN_LOW,
-    EVAL_SCORE_DQN,
     EVAL_SUCCESS_RATE_MEAN,
     DuplicateTaskError,
     EvalResult,
@@ -227,8 +226,8 @@ def test_aggregate_against_hand_computation() -> None:
 
     metrics = evaluation.metrics_of(res)
     assert metrics[eval_metric("Pong", "score_normalized")] == pytest.approx(p.human_normalized)
-    assert metrics[eval_metric("Pong", EVAL_SCORE_DQN)] == pytest.approx(p.dqn_normalized)
-    assert eval_metric("MontezumaRevenge", EVAL_SCORE_DQN) not in metrics
+    assert metrics[eval_metric("Pong", "score_dqn_normalized")] == pytest.approx(p.dqn_normalized)
+    assert eval_metric("MontezumaRevenge", "score_dqn_normalized") not in metrics
     assert metrics[eval_metric("push-v3", "success_rate")] == 0.0
     assert metrics[EVAL_SUCCESS_RATE_MEAN] == pytest.approx(0.375)
     assert all(math.isfinite(v) for v in metrics.values())

@@ -10,12 +10,10 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtmem import metrics as M
-
-if TYPE_CHECKING:
-    pass
+from dtmem.metrics import EVAL_SUCCESS_RATE_MEAN
 
 __all__ = [
     "CHECKPOINT_METRICS",
@@ -41,7 +39,6 @@ __all__ = [
 ]
 
 STAGE = "sweep"
-EVAL_SUCCESS_RATE_MEAN = "eval/success_rate_mean"  # as dtmem.evaluation.EVAL_SUCCESS_RATE_MEAN
 STEP = "step"  # optimiser steps: ASHA's time attribute
 TRAIN_LOSS = M.TRAIN_LOSS
 CHECKPOINT_METRICS: tuple[str, ...] = (M.VAL_LOSS, M.VAL_LOSS_ACTION, TRAIN_LOSS)

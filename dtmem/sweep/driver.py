@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtmem.config.tracking import TrackingConfig
 from dtmem.sweep.base import (
@@ -28,9 +28,6 @@ from dtmem.sweep.plan import SweepPlan
 from dtmem.sweep.space import tune_param_space
 from dtmem.sweep.tracking import end_trial_run, find_trial_run
 from dtmem.sweep.trial import release_train_workers, run_trial
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "build_tuner",
