@@ -32,13 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-
 from dtmem.config.base import load_config
 from dtmem.config.sweep import SweepConfig
-from dtmem.data.episodes import Episode
-from dtmem.data.minari_io import write_dataset
+from dtmem.data.synthetic import write_metaworld_like
 from dtmem.sweep.base import RESULT_FILE, RUNS_DIR, read_events
 from dtmem.sweep.plan import resolve_base
 from tuning.sweep import run_sweep
@@ -48,28 +44,10 @@ TASKS = ("reach-v3", "push-v3", "pick-place-v3")
 
 
 def write_data(root: Path, episodes: int = 10, steps: int = 150) -> None:
-    rng = np.random.default_rng(0)
-    for task in TASKS:
-        eps = []
-        for _ in range(episodes):
-            obs = rng.standard_normal((steps + 1, 39)).astype(np.float32)
-            eps.append(
-                Episode(
-                    observations=obs,
-                    actions=np.tanh(obs[:-1, :4]).astype(np.float32),
-                    rewards=rng.uniform(0, 10, steps).astype(np.float32),
-                    terminations=np.zeros(steps, bool),
-                    truncations=np.r_[np.zeros(steps - 1, bool), True],
-                )
-            )
-        write_dataset(
-            f"dtmem/smoke/{task}-expert-v0",
-            eps,
-            observation_space=gym.spaces.Box(-np.inf, np.inf, (39,), np.float32),
-            action_space=gym.spaces.Box(-1, 1, (4,), np.float32),
-            env_id=f"Meta-World/{task}",
-            task=task,
-            root=root,
+    """One Meta-World-shaped synthetic dataset per task (dtmem.data.synthetic)."""
+    for i, task in enumerate(TASKS):
+        write_metaworld_like(
+            root, f"dtmem/smoke/{task}-expert-v0", task, episodes=episodes, steps=steps, seed=i
         )
 
 

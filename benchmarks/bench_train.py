@@ -19,44 +19,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-
 from dtmem import metrics as M
 from dtmem.config.data import DataConfig, DatasetSpec
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.config.tracking import TrackingConfig
 from dtmem.config.train import CheckpointConfig, OptimConfig, PretrainConfig, ScalingConfig
-from dtmem.data.episodes import Episode
-from dtmem.data.minari_io import write_dataset
+from dtmem.data.synthetic import write_metaworld_like
 
 TASKS = ("reach-v3", "push-v3", "pick-place-v3")
 
 
 def write_data(root: Path, episodes: int = 30, steps: int = 150) -> None:
-    rng = np.random.default_rng(0)
-    for task in TASKS:
-        eps = []
-        for _ in range(episodes):
-            obs = rng.standard_normal((steps + 1, 39)).astype(np.float32)
-            eps.append(
-                Episode(
-                    observations=obs,
-                    actions=np.tanh(obs[:-1, :4]).astype(np.float32),
-                    rewards=rng.uniform(0, 10, steps).astype(np.float32),
-                    terminations=np.zeros(steps, bool),
-                    truncations=np.r_[np.zeros(steps - 1, bool), True],
-                )
-            )
-        write_dataset(
-            f"bench/{task}-v0",
-            eps,
-            observation_space=gym.spaces.Box(-np.inf, np.inf, (39,), np.float32),
-            action_space=gym.spaces.Box(-1, 1, (4,), np.float32),
-            env_id=f"Meta-World/{task}",
-            task=task,
-            root=root,
-        )
+    """One Meta-World-shaped synthetic dataset per task (dtmem.data.synthetic)."""
+    for i, task in enumerate(TASKS):
+        write_metaworld_like(root, f"bench/{task}-v0", task, episodes=episodes, steps=steps, seed=i)
 
 
 def config(tmp: Path, workers: int, args: argparse.Namespace) -> PretrainConfig:

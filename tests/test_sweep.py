@@ -14,15 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from dtmem.config.base import ConfigError, load_config
 from dtmem.config.sweep import SweepConfig
 from dtmem.config.train import FinetuneConfig, PretrainConfig
-from dtmem.data.episodes import Episode
-from dtmem.data.minari_io import write_dataset
+from dtmem.data import synthetic
 from dtmem.sweep.base import SweepError, read_events
 from dtmem.sweep.plan import plan_sweep, resolve_base
 from dtmem.sweep.plots import plot_heatmap, plot_score
@@ -46,30 +44,8 @@ TINY = (
 
 
 def write_metaworld_like(root: Path, dataset_id: str, task: str, seed: int) -> None:
-    """4 episodes of 37 steps, Meta-World's shapes; the action is a fixed function of the
-    observation, so a model learns some of it in a few steps."""
-    rng = np.random.default_rng(seed)
-    steps, eps = 37, []
-    for _ in range(4):
-        obs = rng.standard_normal((steps + 1, OBS)).astype(np.float32)
-        eps.append(
-            Episode(
-                observations=obs,
-                actions=np.clip(0.4 + 0.5 * obs[:-1, :ACT], -1, 1).astype(np.float32),
-                rewards=rng.uniform(0, 1, steps).astype(np.float32),
-                terminations=np.zeros(steps, bool),
-                truncations=np.r_[np.zeros(steps - 1, bool), True],
-            )
-        )
-    write_dataset(
-        dataset_id,
-        eps,
-        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32),
-        action_space=gym.spaces.Box(-1, 1, (ACT,), np.float32),
-        env_id=f"Meta-World/{task}",
-        task=task,
-        root=root,
-    )
+    """4 episodes of 37 steps with Meta-World's shapes (dtmem.data.synthetic)."""
+    synthetic.write_metaworld_like(root, dataset_id, task, episodes=4, steps=37, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -15,8 +14,7 @@ import torch
 from dtmem.config.data import DataConfig, DatasetSpec
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.config.train import CheckpointConfig, OptimConfig, PretrainConfig, ScalingConfig
-from dtmem.data.episodes import Episode
-from dtmem.data.minari_io import write_dataset
+from dtmem.data import synthetic
 from dtmem.model import build_model
 from dtmem.training.checkpoint import (
     FINAL_MODEL,
@@ -48,30 +46,9 @@ K = 7
 def write_metaworld_like(
     root: Path, dataset_id: str, task: str, episodes: int = 6, steps: int = 23, seed: int = 0
 ) -> None:
-    """A Meta-World-shaped dataset whose action is a fixed function of the observation
-    (a[i] = clip(0.4 + 0.5 * obs[i], -1, 1)), so a model learns some of it in a few steps."""
-    rng = np.random.default_rng(seed)
-    eps = []
-    for _ in range(episodes):
-        obs = rng.standard_normal((steps + 1, OBS)).astype(np.float32)
-        act = np.clip(0.4 + 0.5 * obs[:-1, :ACT], -1, 1).astype(np.float32)
-        eps.append(
-            Episode(
-                observations=obs,
-                actions=act,
-                rewards=rng.uniform(0, 1, steps).astype(np.float32),
-                terminations=np.zeros(steps, bool),
-                truncations=np.r_[np.zeros(steps - 1, bool), True],
-            )
-        )
-    write_dataset(
-        dataset_id,
-        eps,
-        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32),
-        action_space=gym.spaces.Box(-1, 1, (ACT,), np.float32),
-        env_id=f"Meta-World/{task}",
-        task=task,
-        root=root,
+    """Meta-World's shapes, a learnable action (dtmem.data.synthetic)."""
+    synthetic.write_metaworld_like(
+        root, dataset_id, task, episodes=episodes, steps=steps, seed=seed
     )
 
 
