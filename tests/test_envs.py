@@ -179,8 +179,17 @@ def test_step_randomly_counts_every_env_step_and_resets_finished_envs() -> None:
     from dtmem.envs.metaworld import make_metaworld_env
 
     env = make_metaworld_env("reach-v3", num_envs=2, seed=0)
+    resets: list[int] = []
+    reset_at = env.reset_at
+
+    def counting_reset_at(index: int, seed: int | None):
+        resets.append(index)
+        return reset_at(index, seed)
+
+    env.reset_at = counting_reset_at  # type: ignore[method-assign]
     try:
-        # the env truncates at 500 steps: 510 steps need a reset of both envs on the way
+        # the env truncates at 500 steps: 510 steps reset each env once on the way
         assert step_randomly(env, 510) == 1020
+        assert sorted(resets) == [0, 1]
     finally:
         env.close()

@@ -11,7 +11,7 @@ from dtmem.batch import Batch
 from dtmem.config.base import ConfigError, load_config
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.model import build_model, dt_loss
-from tests.helpers import ACTIONS, BATCH, CONTEXT, STATE, random_batch, run, tiny_config
+from tests.helpers import ACTIONS, BATCH, CONTEXT, random_batch, run, tiny_config
 
 ENCODERS = ["vector", "conv", "patch"]
 
@@ -187,4 +187,3 @@ def test_config_is_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         cfg.d_model = 3  # type: ignore[misc]
     assert isinstance(cfg.memory, MemoryConfig)
-    assert STATE == 17  # the odd sizes the helpers use
