@@ -309,7 +309,12 @@ def start_run(
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
         all_tags["dtmem.git_commit"] = commit
+    all_tags.update(cfg.tags)
     all_tags.update(tags or {})
+    parent_run_id = parent_run_id or cfg.parent_run_id
+    # an inherited MLFLOW_RUN_ID (a Ray job, a parent process) would make mlflow resume
+    # that run instead of creating a child of parent_run_id
+    os.environ.pop("MLFLOW_RUN_ID", None)
     if run_id is not None:
         try:
             client.get_run(run_id)

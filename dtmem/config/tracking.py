@@ -27,3 +27,15 @@ class TrackingConfig(FrozenConfig):
         None,
         description="MLflow run name; null lets the stage choose (its own run_name or MLflow's)",
     )
+    parent_run_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description=(
+            "MLflow parent run: the stage's run is created as its child (the experiment runner "
+            "sets it; an inherited $MLFLOW_RUN_ID never overrides it)"
+        ),
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra tags on the stage's run (the experiment runner's node key and lineage)",
+    )
