@@ -60,7 +60,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
 
     with tempfile.TemporaryDirectory() as tmp:
         base = CollectConfig.model_validate(
@@ -91,7 +91,7 @@ def main() -> None:
                     update={"num_actors": actors, "root": str(Path(tmp) / f"ds{actors}")}
                 )
                 t0 = time.perf_counter()
-                report = collect(cfg, console=Console(file=io.StringIO()))
+                report = run_collect(cfg, console=Console(file=io.StringIO()))
                 wall = time.perf_counter() - t0
                 print(
                     f"dtmem collect, {actors} actor{'s' if actors > 1 else ' '}: "

@@ -21,24 +21,24 @@ from pathlib import Path
 from rich.console import Console
 
 from dtmem.collect.driver import (
-    CollectReport,
+    CollectResult,
     DatasetSummary,
     check_checkpoints,
     collect_tasks,
     existing_summary,
-    ray_session,
     report,
     train_agents,
 )
 from dtmem.config.base import load_config
 from dtmem.config.collect import CollectConfig
 from dtmem.data.minari_io import resolve_root
+from dtmem.ray_session import ray_session
 from dtmem.tracking import check_tracking, resolve_tracking_uri, start_run
 
-__all__ = ["collect", "main"]
+__all__ = ["CollectResult", "main", "run_collect"]
 
 
-def collect(cfg: CollectConfig, *, console: Console | None = None) -> CollectReport:
+def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> CollectResult:
     """Run the collection of ``cfg`` (see the module docstring)."""
     if console is None:
         console = Console(stderr=True)
@@ -61,10 +61,10 @@ def collect(cfg: CollectConfig, *, console: Console | None = None) -> CollectRep
                 written, counts = collect_tasks(cfg, todo, root, ray, run, console)
         summaries = [written.get(t) or reused[t] for t in cfg.tasks]
         report(summaries, run, console, root)
-    return CollectReport(summaries, run.run_id, *counts)
+    return CollectResult(summaries, run.run_id, *counts)
 
 
 def main(config_path: Path, overrides: list[str]) -> None:
     """The ``dtmem collect`` entry point."""
     cfg = load_config(CollectConfig, config_path, overrides)
-    collect(cfg)
+    run_collect(cfg)

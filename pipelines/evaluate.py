@@ -10,8 +10,6 @@ per-episode tables, a bar chart; print a summary). The evaluation itself lives i
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
         requests_from_config,
         table_rows,
     )
+    from dtmem.ray_session import ray_session
     from dtmem.tracking import check_tracking, resolve_tracking_uri, start_run
     from dtmem.training.checkpoint import load_checkpoint_model
 
@@ -73,7 +72,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
 
     # Run.
     with start_run(cfg.tracking, stage=STAGE, config=cfg, tags=tags) as run:
-        with _ray_session():
+        with ray_session():
             result = evaluate(
                 payload,
                 requests,
@@ -106,21 +105,6 @@ def _source_run_id(checkpoint: str, meta: dict[str, Any]) -> str | None:
     if checkpoint.startswith("runs:/"):
         return checkpoint[len("runs:/") :].strip("/").split("/")[0] or None
     return None
-
-
-@contextmanager
-def _ray_session() -> Iterator[None]:
-    """Ray as found (tests, a cluster), else a local instance shut down afterwards."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _print_summary(console: Any, result: EvalResult) -> None:

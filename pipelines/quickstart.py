@@ -68,7 +68,7 @@ def run_quickstart(cfg: QuickstartConfig, console: Console | None = None) -> Qui
     from dtmem.config.evaluate import EvaluateConfig
     from dtmem.config.sweep import SweepConfig
     from dtmem.config.train import FinetuneConfig, PretrainConfig
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
     from pipelines.evaluate import run_evaluate
     from pipelines.finetune import run_finetune
     from pipelines.pretrain import run_pretrain
@@ -128,7 +128,7 @@ def run_quickstart(cfg: QuickstartConfig, console: Console | None = None) -> Qui
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         with times.stage(console, "collect", f"scripted experts on {len(eval_tasks)} tasks"):
-            collect(collect_cfg)
+            run_collect(collect_cfg)
         with times.stage(console, "pretrain DT-Mem", "2 Ray Train workers"):
             mem = run_pretrain(dtmem_cfg)
         with times.stage(console, "pretrain DT", "the same, without memory"):

@@ -251,13 +251,13 @@ def test_smoke_collection_end_to_end(ray_session, tmp_path, monkeypatch, mlflow_
     import minari
     from mlflow.tracking import MlflowClient
 
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
 
     cfg = _smoke(
         tmp_path, "episodes_per_task=2", "max_steps=40", "tracking.experiment=e2e", db=mlflow_db
     )
     console = _quiet()
-    report = collect(cfg, console=console)
+    report = run_collect(cfg, console=console)
     summaries = report.datasets
     assert report.episodes == 8 and report.env_steps == 320 and report.env_steps_per_s > 0
     assert [s.task for s in summaries] == list(cfg.tasks)
@@ -284,24 +284,24 @@ def test_smoke_collection_end_to_end(ray_session, tmp_path, monkeypatch, mlflow_
     assert "collect_summary.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     # same config again: every dataset is reused, nothing recollected
-    again = collect(cfg, console=_quiet()).datasets
+    again = run_collect(cfg, console=_quiet()).datasets
     assert [s.status for s in again] == ["reused"] * 4
     assert [s.content_hash for s in again] == [s.content_hash for s in summaries]
     with pytest.raises(DatasetExistsError, match="another collection config"):
-        collect(cfg.model_copy(update={"seed": 1}), console=_quiet())
+        run_collect(cfg.model_copy(update={"seed": 1}), console=_quiet())
 
 
 @pytest.mark.slow
 def test_same_config_same_data_whatever_the_actors(ray_session, tmp_path, mlflow_db):
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
 
     common = ["tasks=[reach-v3, push-v3]", "max_steps=66", "episodes_per_task=3"]
     common += ["keep=successful", "max_attempts=12"]  # about half fail by step 66
-    a = collect(
+    a = run_collect(
         _smoke(tmp_path / "a", *common, "num_actors=1", "envs_per_actor=1", db=mlflow_db),
         console=_quiet(),
     ).datasets
-    b = collect(
+    b = run_collect(
         _smoke(tmp_path / "b", *common, "num_actors=2", "envs_per_actor=2", db=mlflow_db),
         console=_quiet(),
     ).datasets
@@ -316,7 +316,7 @@ def test_same_config_same_data_whatever_the_actors(ray_session, tmp_path, mlflow
 def test_interrupted_collection_leaves_nothing_then_reruns(
     ray_session, tmp_path, monkeypatch, mlflow_db
 ):
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
 
     cfg = _smoke(tmp_path, "tasks=[reach-v3]", "episodes_per_task=4", "max_steps=20", db=mlflow_db)
     cfg = cfg.model_copy(update={"num_actors": 1})
@@ -331,14 +331,14 @@ def test_interrupted_collection_leaves_nothing_then_reruns(
 
     monkeypatch.setattr(DatasetWriter, "add_episode", failing_add)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        collect(cfg, console=_quiet())
+        run_collect(cfg, console=_quiet())
     with pytest.raises(DatasetNotFoundError):
         open_dataset(cfg.dataset.dataset_id("reach-v3"), cfg.root)
     leftovers = [p.name for p in Path(cfg.root).iterdir() if p.name.startswith(".dtmem-tmp")]
     assert leftovers == []
 
     monkeypatch.setattr(DatasetWriter, "add_episode", real_add)
-    (summary,) = collect(cfg, console=_quiet()).datasets
+    (summary,) = run_collect(cfg, console=_quiet()).datasets
     assert summary.status == "written" and summary.episodes == 4
 
 
@@ -348,11 +348,11 @@ def test_atari_random_collection_stores_single_frames(
 ):
     import minari
 
-    from pipelines.collect import collect
+    from pipelines.collect import run_collect
 
     extra = ["suite=atari", "tasks=[Pong]", "policy.kind=random", "policy.noise_std=0"]
     extra += ["policy.epsilon=0", "episodes_per_task=3", "max_steps=23", "num_actors=1"]
-    (s,) = collect(_smoke(tmp_path, *extra, db=mlflow_db), console=_quiet()).datasets
+    (s,) = run_collect(_smoke(tmp_path, *extra, db=mlflow_db), console=_quiet()).datasets
     assert s.dataset_id == "dtmem/smoke/Pong-expert-v0" and s.success_rate is None
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "ds"))
     ds = minari.load_dataset(s.dataset_id)

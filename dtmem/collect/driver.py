@@ -4,7 +4,8 @@ agents' checkpoints, the scheduling of episode chunks on the Ray actors with eac
 episodes written in index order by its own ``DatasetWriter`` (``collect_tasks``), and the
 summary table and MLflow logging (``report``).
 
-Ray is imported only inside ``ray_session``; the actors come from ``dtmem.collect.actors``.
+Ray is entered by ``pipelines/collect.py`` through ``dtmem.ray_session``; the actors come
+from ``dtmem.collect.actors``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,12 @@ from dtmem.tracking import RunHandle
 
 __all__ = [
     "CollectError",
-    "CollectReport",
+    "CollectResult",
     "DatasetSummary",
     "check_checkpoints",
     "collect_tasks",
     "existing_summary",
     "fingerprint",
-    "ray_session",
     "report",
     "train_agents",
 ]
@@ -112,7 +110,7 @@ class DatasetSummary:
 
 
 @dataclass(frozen=True)
-class CollectReport:
+class CollectResult:
     """What ``collect`` did: one summary per task (task order), the MLflow run, and the
     throughput of the collection phase (actors started to last episode in; env steps of
     every attempted episode, including dropped ones; zeros when everything was reused)."""
@@ -183,21 +181,6 @@ class _TaskState:
 
     def finished(self) -> bool:
         return self.kept >= self.wanted or self.next_write >= self.attempts
-
-
-@contextmanager
-def ray_session() -> Iterator[Any]:
-    """Ray as found (tests, a cluster), else a local instance shut down afterwards."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def check_checkpoints(cfg: CollectConfig, tasks: list[str]) -> None:
