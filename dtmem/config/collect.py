@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dtmem.config.base import FrozenConfig
+from dtmem.config.base import FrozenConfig, SafeId, SafeName
 from dtmem.config.tracking import TrackingConfig
 
 __all__ = ["CollectConfig", "DatasetNaming", "PolicyConfig", "RLlibConfig"]
@@ -128,12 +128,12 @@ class PolicyConfig(FrozenConfig):
 class DatasetNaming(FrozenConfig):
     """Dataset ids: ``<namespace>/<name with {task}>-v<version>``, one per task."""
 
-    namespace: str = Field(
+    namespace: SafeId = Field(
         ...,
         min_length=2,
         description="Minari namespace (at least 2 characters, '/' allowed), e.g. dtmem/metaworld",
     )
-    name: str = Field(
+    name: SafeName = Field(
         "{task}", description="dataset name; '{task}' is replaced by the task or game name"
     )
     version: int = Field(0, ge=0, description="dataset version, the id's -v<N> suffix")

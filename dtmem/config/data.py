@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dtmem.config.base import FrozenConfig
+from dtmem.config.base import FrozenConfig, SafeId
 
 __all__ = ["DataConfig", "DatasetSpec"]
 
@@ -14,7 +14,7 @@ __all__ = ["DataConfig", "DatasetSpec"]
 class DatasetSpec(FrozenConfig):
     """One dataset of the training mixture; its position in ``datasets`` is its task_id."""
 
-    id: str = Field(
+    id: SafeId = Field(
         ...,
         description="Minari dataset id, (namespace/)name-v<version>, under the data root",
     )

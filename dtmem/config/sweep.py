@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dtmem.config.base import FrozenConfig
+from dtmem.config.base import FrozenConfig, SafeName
 from dtmem.config.data import DatasetSpec
 from dtmem.config.tracking import TrackingConfig
 
@@ -141,7 +141,7 @@ class PlotConfig(FrozenConfig):
 class SweepConfig(FrozenConfig):
     """``dtmem sweep``: Ray Tune trials of one stage config, each with some fields replaced."""
 
-    name: str = Field(
+    name: SafeName = Field(
         ...,
         description="the sweep's name: its directory <storage_dir>/<name> (Tune state, trial "
         "checkpoints, results) and its MLflow run; run it again with --resume",

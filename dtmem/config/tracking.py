@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dtmem.config.base import FrozenConfig
+from dtmem.config.base import FrozenConfig, SafeName
 
 __all__ = ["TrackingConfig"]
 
@@ -19,11 +19,13 @@ class TrackingConfig(FrozenConfig):
             "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
         ),
     )
-    experiment: str = Field("dtmem", min_length=1, description="MLflow experiment name")
+    experiment: SafeName = Field(
+        "dtmem", description="MLflow experiment name (a safe name: letters, digits, ._-=+,@)"
+    )
     system_metrics: bool = Field(
         True, description="log MLflow system metrics (CPU, memory, GPU) alongside the run"
     )
-    run_name: str | None = Field(
+    run_name: SafeName | None = Field(
         None,
         description="MLflow run name; null lets the stage choose (its own run_name or MLflow's)",
     )

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dtmem.config.base import FrozenConfig
+from dtmem.config.base import FrozenConfig, SafeName
 from dtmem.config.data import DataConfig
 from dtmem.config.model import LoRAConfig, ModelConfig
 from dtmem.config.tracking import TrackingConfig
@@ -137,7 +137,7 @@ class TrainConfig(FrozenConfig):
     )
     log_every: int = Field(10, gt=0, description="log metrics every this many steps")
     seed: int = Field(0, description="seed of the model init and dropout (data: data.seed)")
-    run_name: str | None = Field(
+    run_name: SafeName | None = Field(
         None,
         description="names the run (checkpoint directory and MLflow run); starting a stage "
         "again with the same name resumes it; null: '<stage>-<date>-<time>'",
