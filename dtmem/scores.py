@@ -21,7 +21,7 @@ DQN-normalised score is undefined (as on Defender and Surround): those raise.
 
 Aggregate (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): the
 interquartile mean (IQM) of the per-game scores, with a stratified bootstrap confidence
-interval that resamples episodes within each game.
+interval that resamples episodes within each game (the machinery is ``dtmem.stats``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ from typing import TypeVar
 import numpy as np
 
 from dtmem.envs.atari import canonical_game
+from dtmem.stats import (
+    ScoreInterval,
+    as_strata,
+    iqm,
+    percentile_interval,
+    stratified_resamples,
+    trimmed,
+)
 
 __all__ = [
     "ReferenceScore",
@@ -103,37 +111,12 @@ def dqn_normalized_score(game: str, score: S) -> S:
     return (score - lo) / (hi - lo)
 
 
-def _trimmed(sorted_values: np.ndarray) -> np.ndarray:
-    """The middle half of values sorted along the last axis: drop floor(n/4) from each end
-    (``scipy.stats.trim_mean(x, 0.25)``, which rliable's IQM uses)."""
-    n = sorted_values.shape[-1]
-    cut = int(0.25 * n)
-    return sorted_values[..., cut : n - cut]
-
-
-def iqm(values: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% of the values (all flattened)."""
-    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
-    if x.size == 0:
-        raise ValueError("iqm of no values")
-    return float(_trimmed(x).mean())
-
-
 def top_k_mean(values: Sequence[float] | np.ndarray, k: int = 3) -> float:
     """Mean of the k largest values (MDT reports the top 3 of 16 episodes)."""
     x = np.sort(np.asarray(values, dtype=np.float64).ravel())
     if x.size < k:
         raise ValueError(f"top-{k} mean of {x.size} values")
     return float(x[-k:].mean())
-
-
-@dataclass(frozen=True)
-class ScoreInterval:
-    """A point estimate and its bootstrap confidence interval [low, high]."""
-
-    point: float
-    low: float
-    high: float
 
 
 def iqm_bootstrap_ci(
@@ -150,21 +133,9 @@ def iqm_bootstrap_ci(
     (stratified: games are kept, episodes are drawn within each), takes each game's mean and
     the IQM across games; the interval is the percentile interval of the replicates.
     """
-    if not scores_by_game:
-        raise ValueError("no games to aggregate")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    per_game = [np.asarray(v, dtype=np.float64).ravel() for v in scores_by_game.values()]
-    for game, x in zip(scores_by_game, per_game, strict=True):
-        if x.size == 0:
-            raise ValueError(f"{game}: no episode scores")
+    per_game = as_strata(scores_by_game)
     point = iqm([x.mean() for x in per_game])
-    means = np.empty((num_resamples, len(per_game)))  # (R, G)
-    for g, x in enumerate(per_game):
-        idx = rng.integers(0, x.size, size=(num_resamples, x.size))  # (R, n_g)
-        means[:, g] = x[idx].mean(axis=1)
-    replicates = _trimmed(np.sort(means, axis=1)).mean(axis=1)  # (R,)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return ScoreInterval(point=point, low=float(low), high=float(high))
+    resampled = stratified_resamples(per_game, num_resamples, seed)  # G x (R, n_g)
+    means = np.stack([x.mean(axis=1) for x in resampled], axis=1)  # (R, G)
+    replicates = trimmed(np.sort(means, axis=1)).mean(axis=1)  # (R,)
+    return percentile_interval(point, replicates, confidence)
