@@ -1,36 +1,24 @@
 """Sharded, lazy, resumable multi-task sampler: Minari datasets in, ``Batch`` windows out.
 
-Memory: only an index (episode id and length per episode) is held; episodes are read when a
-window needs them and kept in a small LRU cache bounded in bytes. Arrow episodes are
-memory-mapped, so an Atari window reads only its own frames' pages.
+Memory: only an index (episode id and length per episode, ``dtmem.data.sources``) is held;
+episodes are read when a window needs them and kept in a small LRU cache bounded in bytes.
+Arrow episodes are memory-mapped, so an Atari window reads only its own frames' pages.
 
-Epoch e on worker `rank` of `world_size` (everything below is a function of the index and
-(seed, e), so every worker computes the same partition and the same number of batches):
+Which windows a worker yields in an epoch is ``dtmem.data.plan.plan_epoch``: a function of the
+index and (seed, epoch), the same on every worker. ``state_dict()`` is (epoch, batches yielded
+in it): a resumed sampler rebuilds the epoch's plan from the index and continues with the next
+batch.
 
-1. Each dataset (task) i is permuted with a generator seeded by (seed, e, i, pass); worker r
-   takes episodes perm[r::world_size], so no episode goes to two workers in an epoch.
-2. Each episode is cut into windows that cover its steps once: a random phase p in
-   [0, min(K, T)), windows [0, p), [p, p+K), [p+K, p+2K), ... (``windows.window_starts``;
-   the short first window [0, p) is right-padded like an episode's last one).
-   Windows are shuffled within groups of ``shuffle_episodes`` consecutive episodes, so only
-   a few episodes per task are open at a time.
-3. Task i contributes round(weight_i * N_i) windows, N_i being its windows in one pass; with
-   all weights 1 every step of every episode is visited exactly once per epoch. A weight
-   above 1 continues into a further, freshly permuted pass (each pass is disjoint across
-   workers, so such a task's episodes are seen about ``weight`` times per epoch).
-4. The tasks' windows are interleaved in a random order seeded by (seed, e, rank).
-5. Every worker yields the same number of batches: min over workers of its windows //
-   batch_size (the few windows left over on a worker are skipped this epoch).
-
-``state_dict()`` is (epoch, batches yielded in it): a resumed sampler rebuilds the epoch's
-plan from the index and continues with the next batch.
+What a window holds: observations (standardised vector states when asked, raw uint8 frames),
+actions (continuous ones scaled into [-1, 1] when the dataset's space reaches outside it, see
+``dtmem.data.stats``), return-to-go (scaled, or MDT's bins) and rewards (raw, or MDT's
+classes). ``sampler.state_stats`` is what a model trained on these windows must carry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,24 +29,25 @@ import numpy as np
 import torch
 
 from dtmem.batch import Batch
-from dtmem.data.episodes import DataError, ObservationShapeError
-from dtmem.data.minari_io import (
-    DatasetInfo,
-    DatasetReader,
-    check_env,
-    check_observation_shape,
-    open_dataset,
-    window_obs_shape,
-)
-from dtmem.data.windows import (
+from dtmem.data.checks import check_observation_shape, window_obs_shape
+from dtmem.data.episodes import DataError, DatasetFormatError, ObservationShapeError
+from dtmem.data.plan import EpochPlan, plan_epoch
+from dtmem.data.sources import TaskSource, build_sources, check_compatible, source_state_stats
+from dtmem.data.stats import (
     StateStats,
-    atari_return_bins,
-    atari_reward_classes,
-    compute_state_stats,
-    continuous_returns_to_go,
+    action_bounds,
+    check_action_bounds,
     load_state_stats,
     normalize_states,
     save_state_stats,
+    scale_actions,
+    with_action_bounds,
+)
+from dtmem.data.store import DatasetInfo
+from dtmem.data.windows import (
+    atari_return_bins,
+    atari_reward_classes,
+    continuous_returns_to_go,
     stack_frames,
 )
 
@@ -74,227 +63,6 @@ __all__ = [
     "plan_epoch",
     "source_state_stats",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Index
-
-
-@dataclass(frozen=True)
-class TaskSource:
-    """One dataset of the mixture, as an index: which episodes, how long, how heavy."""
-
-    task_id: int
-    reader: DatasetReader
-    episode_ids: np.ndarray  # (E,) int64, the episodes in use, ascending
-    lengths: np.ndarray  # (E,) int64, their step counts T
-    weight: float
-
-    @property
-    def name(self) -> str:
-        return self.reader.dataset_id
-
-
-def _subset_seed(seed: int, dataset_id: str) -> list[int]:
-    return [seed, zlib.crc32(dataset_id.encode()), 0x5EB5E7]
-
-
-def build_sources(cfg: DataConfig) -> list[TaskSource]:
-    """Open every dataset of ``cfg``, check its env, and index its episodes (no episode data read).
-
-    With ``episode_fraction`` < 1 each dataset keeps a fixed subset of its episodes, seeded by
-    (seed, dataset id), the same in every epoch and on every worker.
-    """
-    sources: list[TaskSource] = []
-    for task_id, spec in enumerate(cfg.datasets):
-        reader = open_dataset(spec.id, cfg.root)
-        if spec.env is not None:
-            check_env(reader, spec.env)
-        lengths = reader.episode_lengths()
-        ids = np.flatnonzero(lengths > 0).astype(np.int64)
-        if cfg.episode_fraction < 1.0 and ids.size:
-            rng = np.random.default_rng(_subset_seed(cfg.seed, spec.id))
-            n_keep = max(1, round(cfg.episode_fraction * ids.size))
-            ids = np.sort(rng.choice(ids, size=n_keep, replace=False))
-        if ids.size == 0:
-            raise DataError(f"{reader.path}: no episodes with steps")
-        sources.append(TaskSource(task_id, reader, ids, lengths[ids], spec.weight))
-    _check_compatible(sources)
-    return sources
-
-
-def _check_compatible(sources: Sequence[TaskSource]) -> None:
-    """Every dataset of a mixture must give windows of the same shapes and dtypes."""
-    first = sources[0].reader
-    for source in sources[1:]:
-        r = source.reader
-        if (
-            r.obs_shape != first.obs_shape
-            or r.observation_space.dtype != first.observation_space.dtype
-        ):
-            raise ObservationShapeError(
-                f"{r.path}: observations {r.observation_space.dtype}{r.obs_shape} differ from "
-                f"{first.dataset_id}'s {first.observation_space.dtype}{first.obs_shape}"
-            )
-        if repr(r.action_space) != repr(first.action_space):
-            raise DataError(
-                f"{r.path}: action space {r.action_space} differs from {first.dataset_id}'s "
-                f"{first.action_space}"
-            )
-
-
-def source_state_stats(sources: Sequence[TaskSource]) -> StateStats:
-    """Mean/std of the observations the windows use (obs_0 .. obs_{T-1}) over all sources."""
-
-    def arrays() -> Iterator[np.ndarray]:
-        for source in sources:
-            for episode_id in source.episode_ids:
-                obs = source.reader.read_episode(int(episode_id)).observations
-                yield obs[:-1].reshape(obs.shape[0] - 1, -1)  # (T, D)
-
-    return compute_state_stats(arrays())
-
-
-# ---------------------------------------------------------------------------------------------
-# Epoch plan
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """The windows one worker yields in one epoch, in order; length num_batches * batch_size."""
-
-    task: np.ndarray  # (N,) int64, index into the sources
-    episode: np.ndarray  # (N,) int64, position in that source's episode_ids
-    start: np.ndarray  # (N,) int64, first step of the window
-    length: np.ndarray  # (N,) int64, its number of steps L <= K
-    num_batches: int
-
-
-def _pass_windows(
-    lengths: np.ndarray, context: int, seed: int, epoch: int, task: int, pass_: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Permutation and per-episode phases of one pass over a task, the same on every worker."""
-    rng = np.random.default_rng([seed, epoch, task, pass_])
-    perm = rng.permutation(lengths.size)  # (E,)
-    T = lengths[perm]
-    phase = rng.integers(0, np.minimum(context, T))  # (E,) in [0, min(K, T))
-    return perm, phase
-
-
-def _window_counts(T: np.ndarray, phase: np.ndarray, context: int) -> np.ndarray:
-    """Windows per episode of ``window_starts``: ceil((T - p) / K) + (p > 0)."""
-    return -(-(T - phase) // context) + (phase > 0)
-
-
-def _shard_windows(
-    perm: np.ndarray,
-    phase: np.ndarray,
-    lengths: np.ndarray,
-    context: int,
-    group: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All windows of a shard's episodes, shuffled within groups of ``group`` episodes.
-
-    perm (e,) episode positions in pass order, phase (e,) -> episode, start, length (n,) each.
-    """
-    T = lengths[perm]
-    n_w = _window_counts(T, phase, context)  # (e,)
-    total = int(n_w.sum())
-    ep = np.repeat(perm, n_w)  # (n,)
-    k = np.arange(total) - np.repeat(np.cumsum(n_w) - n_w, n_w)  # window index in its episode
-    p = np.repeat(phase, n_w)
-    lead = p > 0
-    # windows [0, p), [p, p+K), ... when p > 0; [0, K), [K, 2K), ... when p == 0
-    start = np.where(lead, np.where(k == 0, 0, p + (k - 1) * context), k * context)
-    end = np.where(lead & (k == 0), p, np.minimum(start + context, np.repeat(T, n_w)))
-    grp = np.repeat(np.arange(perm.size) // group, n_w)
-    order = np.lexsort((rng.random(total), grp))  # by group, random within a group
-    return ep[order], start[order], (end - start)[order]
-
-
-def plan_epoch(
-    lengths: Sequence[np.ndarray],
-    weights: Sequence[float],
-    *,
-    epoch: int,
-    rank: int,
-    world_size: int,
-    context: int,
-    batch_size: int,
-    seed: int,
-    group: int,
-) -> EpochPlan:
-    """Worker ``rank``'s windows for ``epoch`` (see the module docstring for the rules).
-
-    lengths[i] (E_i,) are the step counts of task i's episodes; the plan refers to episodes by
-    their position in that array.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world_size {world_size}")
-    n_tasks = len(lengths)
-    # windows each task gives each worker in its first pass: known on every worker
-    first_pass = [_pass_windows(lengths[i], context, seed, epoch, i, 0) for i in range(n_tasks)]
-    want = np.zeros((n_tasks, world_size), dtype=np.int64)
-    for i, (perm, phase) in enumerate(first_pass):
-        n_w = _window_counts(lengths[i][perm], phase, context)
-        for r in range(world_size):
-            want[i, r] = round(weights[i] * int(n_w[r::world_size].sum()))
-    num_batches = int(want.sum(axis=0).min()) // batch_size
-    n_total = num_batches * batch_size
-
-    episodes: list[np.ndarray] = []
-    starts: list[np.ndarray] = []
-    window_lengths: list[np.ndarray] = []
-    for i in range(n_tasks):
-        need = int(want[i, rank])
-        got = 0
-        pass_ = 0
-        ep_parts: list[np.ndarray] = []
-        st_parts: list[np.ndarray] = []
-        len_parts: list[np.ndarray] = []
-        while got < need:
-            perm, phase = (
-                first_pass[i]
-                if pass_ == 0
-                else _pass_windows(lengths[i], context, seed, epoch, i, pass_)
-            )
-            rng = np.random.default_rng([seed, epoch, i, pass_, rank, 1])
-            ep, st, ln = _shard_windows(
-                perm[rank::world_size], phase[rank::world_size], lengths[i], context, group, rng
-            )
-            if ep.size == 0:
-                break
-            ep_parts.append(ep)
-            st_parts.append(st)
-            len_parts.append(ln)
-            got += ep.size
-            pass_ += 1
-        episodes.append(_concat(ep_parts)[:need])
-        starts.append(_concat(st_parts)[:need])
-        window_lengths.append(_concat(len_parts)[:need])
-
-    counts = np.array([e.size for e in episodes], dtype=np.int64)
-    slots = np.repeat(np.arange(n_tasks), counts)  # task of each slot
-    np.random.default_rng([seed, epoch, rank, 2]).shuffle(slots)
-    # the k-th slot of task i takes task i's k-th window
-    offsets = np.cumsum(counts) - counts
-    occurrence = np.empty(slots.size, dtype=np.int64)
-    occurrence[np.argsort(slots, kind="stable")] = np.arange(slots.size) - np.repeat(
-        offsets, counts
-    )
-    flat = offsets[slots] + occurrence
-    return EpochPlan(
-        task=slots[:n_total].astype(np.int64),
-        episode=_concat(episodes)[flat][:n_total],
-        start=_concat(starts)[flat][:n_total],
-        length=_concat(window_lengths)[flat][:n_total],
-        num_batches=num_batches,
-    )
-
-
-def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +121,15 @@ class _EpisodeCache:
 # Sampler
 
 
+def _action_layout(action_space: Any) -> tuple[str, int, int]:
+    """(action_kind, num_actions, act_dim) of a dataset's action space."""
+    import gymnasium as gym
+
+    if isinstance(action_space, gym.spaces.Discrete):
+        return "discrete", int(action_space.n), 0
+    return "continuous", 0, int(np.prod(action_space.shape or (1,)))
+
+
 class WindowSampler:
     """Iterator of ``Batch`` windows over a mixture of datasets, sharded over workers.
 
@@ -378,15 +155,13 @@ class WindowSampler:
         cache_mb: float = 1024.0,
         index_seconds: float = 0.0,
     ) -> None:
-        import gymnasium as gym
-
         if not sources:
             raise ValueError("no datasets")
         if returns not in ("continuous", "atari_bins"):
             raise ValueError(f"returns must be 'continuous' or 'atari_bins', got {returns!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        _check_compatible(sources)
+        check_compatible(sources)
         self.sources = list(sources)
         self.context = context
         self.batch_size = batch_size
@@ -400,34 +175,40 @@ class WindowSampler:
         self.index_seconds = index_seconds
 
         reader = self.sources[0].reader
-        obs_space = reader.observation_space
-        self.is_image = obs_space.dtype == np.uint8 and len(reader.obs_shape) >= 2
-        if state_stats is not None:
-            if self.is_image:
-                raise DataError(f"{reader.path}: image observations are never normalised")
-            if state_stats.mean.shape != (int(np.prod(reader.obs_shape)),):
-                raise ObservationShapeError(
-                    f"{reader.path}: state statistics of width {state_stats.mean.shape[0]} do "
-                    f"not fit observations {reader.obs_shape}"
-                )
-        self.state_stats = state_stats
+        self.is_image = reader.observation_space.dtype == np.uint8 and len(reader.obs_shape) >= 2
         self.obs_shape = window_obs_shape(reader.obs_shape, frame_stack)
         self.obs_dtype = np.dtype(np.uint8) if self.is_image else np.dtype(np.float32)
-        action_space = reader.action_space
-        if isinstance(action_space, gym.spaces.Discrete):
-            self.action_kind = "discrete"
-            self.num_actions = int(action_space.n)
-            self.act_dim = 0
-        else:
-            self.action_kind = "continuous"
-            self.num_actions = 0
-            self.act_dim = int(np.prod(action_space.shape or (1,)))
+        self.action_kind, self.num_actions, self.act_dim = _action_layout(reader.action_space)
+        self._normalize = state_stats if state_stats and state_stats.normalizes_states else None
+        # what a model trained on these windows carries: state normalisation, action bounds
+        self.state_stats = self._dataset_stats(state_stats)
         self._lengths = [s.lengths for s in self.sources]
         self._weights = [s.weight for s in self.sources]
         self._cache = _EpisodeCache(int(cache_mb * 2**20))
         self._plan: tuple[int, EpochPlan] | None = None
         self.epoch = 0
         self.batch_index = 0  # batches of ``epoch`` already yielded
+
+    def _dataset_stats(self, given: StateStats | None) -> StateStats | None:
+        """``given`` checked against the data, with the dataset's action bounds."""
+        reader = self.sources[0].reader
+        width = int(np.prod(reader.obs_shape))
+        bounds = action_bounds(reader.action_space, str(reader.metadata_file))
+        if given is not None:
+            if self.is_image:
+                raise DataError(f"{reader.path}: image observations are never normalised")
+            if given.mean.shape != (width,):
+                raise ObservationShapeError(
+                    f"{reader.path}: state statistics of width {given.mean.shape[0]} do "
+                    f"not fit observations {reader.obs_shape}"
+                )
+            check_action_bounds(given, bounds, str(reader.metadata_file))
+        elif bounds is not None and self.is_image:
+            raise DataError(
+                f"{reader.metadata_file}: action_space {reader.action_space} reaches outside "
+                "[-1, 1]; scaling it is supported for vector observations only"
+            )
+        return with_action_bounds(given, bounds, width)
 
     # -- describing -------------------------------------------------------------------
 
@@ -501,27 +282,39 @@ class WindowSampler:
         if item is not None:
             return item
         ep = source.reader.read_episode(episode_id)  # checked for NaN/inf
+        if ep.num_steps != int(source.lengths[position]):
+            raise DatasetFormatError(
+                f"{source.reader.episode_path(episode_id)}: {ep.num_steps} steps, but the "
+                f"dataset's metadata says {int(source.lengths[position])}"
+            )
         if self.returns == "atari_bins":
             rtg = atari_return_bins(ep.rewards)
             rewards = atari_reward_classes(ep.rewards)
         else:
             rtg = continuous_returns_to_go(ep.rewards, self.return_scale)
             rewards = ep.rewards.astype(np.float32, copy=False)
-        if self.is_image:
-            obs = ep.observations  # uint8, kept as is (a memory-mapped view for arrow)
-        elif self.state_stats is not None:
-            flat = ep.observations.reshape(ep.observations.shape[0], -1)  # (T+1, D)
-            obs = normalize_states(flat, self.state_stats).reshape(ep.observations.shape)
-        else:
-            obs = ep.observations.astype(np.float32, copy=False)
-        actions: np.ndarray
-        if self.action_kind == "discrete":
-            actions = ep.actions.astype(np.int64, copy=False)
-        else:
-            actions = ep.actions.astype(np.float32, copy=False).reshape(ep.num_steps, -1)
-        item = _Prepared(obs, actions, rtg, rewards)
+        item = _Prepared(
+            self._observations(ep.observations), self._actions(ep.actions), rtg, rewards
+        )
         self._cache.put(key, item)
         return item
+
+    def _observations(self, observations: np.ndarray) -> np.ndarray:
+        """(T+1, *obs_shape): uint8 frames as they are (a memory-mapped view for arrow),
+        vector states standardised or cast to float32."""
+        if self.is_image:
+            return observations
+        if self._normalize is not None:
+            flat = observations.reshape(observations.shape[0], -1)  # (T+1, D)
+            return normalize_states(flat, self._normalize).reshape(observations.shape)
+        return observations.astype(np.float32, copy=False)
+
+    def _actions(self, actions: np.ndarray) -> np.ndarray:
+        """(T,) int64 or (T, act_dim) float32, scaled into [-1, 1] if the dataset's are not."""
+        if self.action_kind == "discrete":
+            return actions.astype(np.int64, copy=False)
+        flat = actions.reshape(actions.shape[0], -1)  # (T, act_dim)
+        return scale_actions(flat, self.state_stats)
 
     def _collate(self, plan: EpochPlan, lo: int, hi: int) -> Batch:
         B, K = hi - lo, self.context
@@ -598,28 +391,25 @@ def build_sampler(
     """The sampler ``cfg`` describes, for worker ``rank`` of ``world_size``.
 
     Checks every dataset's env (``DatasetSpec.env``) and, if given, that windows have
-    ``expected_obs_shape``. State statistics (when ``normalize_states``): ``state_stats`` if
-    given, else ``cfg.state_stats_path`` if it exists, else computed over the training
-    episodes (and written to ``state_stats_path`` when set). The time spent building the
-    index is ``sampler.index_seconds``.
+    ``expected_obs_shape``. ``state_stats`` are a model's (resuming or fine-tuning it): the
+    data must fit them, states standardised as they say and actions scaled from the same
+    bounds. Without them, when ``normalize_states``: ``cfg.state_stats_path`` if it exists,
+    else computed over the training episodes (and written to ``state_stats_path`` when set).
+    The time spent building the index is ``sampler.index_seconds``.
     """
     t0 = time.perf_counter()
     sources = build_sources(cfg)
     index_seconds = time.perf_counter() - t0
-    reader = sources[0].reader
     if expected_obs_shape is not None:
         for source in sources:
             check_observation_shape(source.reader, expected_obs_shape, cfg.frame_stack)
+    if state_stats is not None and state_stats.normalizes_states != cfg.normalize_states:
+        raise DataError(
+            f"data.normalize_states={cfg.normalize_states}, but the model's statistics "
+            f"{'standardise' if state_stats.normalizes_states else 'do not standardise'} states"
+        )
     if cfg.normalize_states and state_stats is None:
-        if reader.observation_space.dtype == np.uint8 and len(reader.obs_shape) >= 2:
-            raise DataError(f"{reader.path}: normalize_states applies to vector observations only")
-        path = Path(cfg.state_stats_path) if cfg.state_stats_path else None
-        if path is not None and path.exists():
-            state_stats = load_state_stats(path)
-        else:
-            state_stats = source_state_stats(sources)
-            if path is not None:
-                save_state_stats(state_stats, path)
+        state_stats = _state_normalization(cfg, sources)
     return WindowSampler(
         sources,
         context=cfg.context,
@@ -627,7 +417,7 @@ def build_sampler(
         returns=cfg.returns,
         return_scale=cfg.return_scale,
         frame_stack=cfg.frame_stack,
-        state_stats=state_stats if cfg.normalize_states else None,
+        state_stats=state_stats,
         seed=cfg.seed,
         rank=rank,
         world_size=world_size,
@@ -635,3 +425,20 @@ def build_sampler(
         cache_mb=cfg.cache_mb,
         index_seconds=index_seconds,
     )
+
+
+def _state_normalization(cfg: DataConfig, sources: Sequence[TaskSource]) -> StateStats:
+    """Mean and std from ``cfg.state_stats_path`` if it exists, else computed over the
+    sources (and written there when set), with the data's own action bounds attached."""
+    reader = sources[0].reader
+    if reader.observation_space.dtype == np.uint8 and len(reader.obs_shape) >= 2:
+        raise DataError(f"{reader.path}: normalize_states applies to vector observations only")
+    path = Path(cfg.state_stats_path) if cfg.state_stats_path else None
+    if path is not None and path.exists():
+        stats = load_state_stats(path)
+    else:
+        stats = source_state_stats(sources)
+        if path is not None:
+            save_state_stats(stats, path)
+    bounds = action_bounds(reader.action_space, str(reader.metadata_file))
+    return with_action_bounds(stats, bounds, stats.mean.shape[0]) or stats

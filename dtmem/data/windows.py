@@ -15,16 +15,19 @@ Atari (MDT's encoding):
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from dtmem.data.episodes import DataError
-from dtmem.fileio import write_json_atomic
+# The statistics that travel with a model live in dtmem.data.stats; imported from here too.
+from dtmem.data.stats import (
+    StateStats,
+    compute_state_stats,
+    load_state_stats,
+    normalize_states,
+    save_state_stats,
+    to_env_action,
+)
 
 __all__ = [
     "ATARI_RETURN_MAX",
@@ -43,6 +46,7 @@ __all__ = [
     "returns_to_go",
     "save_state_stats",
     "stack_frames",
+    "to_env_action",
     "valid_mask",
     "window_starts",
 ]
@@ -185,85 +189,3 @@ def make_window(
         timesteps=pad_right(np.arange(start, end, dtype=np.int64), context),
         mask=valid_mask(length, context),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# State normalisation (vector observations only)
-
-
-@dataclass(frozen=True)
-class StateStats:
-    """Per-dimension mean and std of vector observations over a dataset (or mixture)."""
-
-    mean: np.ndarray  # (D,) float64
-    std: np.ndarray  # (D,) float64; dimensions with std < MIN_STD are stored as 1
-    count: int
-
-    MIN_STD = 1e-6
-
-
-def compute_state_stats(observation_arrays: Iterable[np.ndarray]) -> StateStats:
-    """Mean and std over the rows of every array.  Each array (n_i, D) -> stats over sum n_i.
-
-    Streams (Chan et al.'s pairwise update in float64), so the arrays can come from a lazy
-    reader one episode at a time. A dimension whose std is below 1e-6 (a constant feature, such
-    as Meta-World's zero padding) gets std 1: it is centred, never blown up.
-    """
-    count = 0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None
-    for array in observation_arrays:
-        x = np.asarray(array, dtype=np.float64)
-        n = x.shape[0]
-        if n == 0:
-            continue
-        x = x.reshape(n, -1)  # (n, D)
-        batch_mean = x.mean(axis=0)
-        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0)
-        if mean is None or m2 is None:
-            count, mean, m2 = n, batch_mean, batch_m2
-            continue
-        if batch_mean.shape != mean.shape:
-            raise ValueError(f"observation width {batch_mean.shape} != {mean.shape}")
-        delta = batch_mean - mean
-        total = count + n
-        mean = mean + delta * (n / total)
-        m2 = m2 + batch_m2 + delta**2 * (count * n / total)
-        count = total
-    if mean is None or m2 is None:
-        raise ValueError("no observations to compute statistics from")
-    std = np.sqrt(m2 / count)
-    std = np.where(std < StateStats.MIN_STD, 1.0, std)
-    return StateStats(mean=mean, std=std, count=count)
-
-
-def normalize_states(observations: np.ndarray, stats: StateStats) -> np.ndarray:
-    """(x - mean) / std.  observations (..., D) -> (..., D) float32."""
-    return ((np.asarray(observations, dtype=np.float64) - stats.mean) / stats.std).astype(
-        np.float32
-    )
-
-
-def save_state_stats(stats: StateStats, path: str | os.PathLike[str]) -> None:
-    """Write the stats as a small JSON file, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"mean": stats.mean.tolist(), "std": stats.std.tolist(), "count": stats.count}
-    write_json_atomic(path, payload)
-
-
-def load_state_stats(path: str | os.PathLike[str]) -> StateStats:
-    """Read stats written by ``save_state_stats``; a bad file raises a one-line DataError."""
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-        mean = np.asarray(payload["mean"], dtype=np.float64)
-        std = np.asarray(payload["std"], dtype=np.float64)
-        count = int(payload["count"])
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such state-statistics file") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a state-statistics file ({exc})") from None
-    if mean.ndim != 1 or mean.shape != std.shape or not (std > 0).all():
-        raise DataError(f"{path}: mean/std must be equal-length 1-D arrays with std > 0")
-    return StateStats(mean=mean, std=std, count=count)
