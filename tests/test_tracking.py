@@ -22,6 +22,9 @@ from dtmem.tracking import (
     config_params,
     download_artifacts,
     find_run,
+    log_dataset_input,
+    log_logged_model,
+    redact_uri,
     register_model_dir,
     resolve_artifact_ref,
     resolve_tracking_uri,
@@ -172,3 +175,85 @@ def test_git_commit_falls_back_to_the_submitted_one(monkeypatch, tmp_path) -> No
     assert tracking.git_commit() is None
     monkeypatch.setenv("DTMEM_GIT_COMMIT", "abc123")
     assert tracking.git_commit() == "abc123"
+
+
+def test_redact_uri_strips_credentials_and_token_parameters() -> None:
+    assert (
+        redact_uri("https://user:s3cret@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
+    )
+    assert redact_uri("http://tok@host:80") == "http://host:80"
+    got = redact_uri("https://host/path?token=abc&run=1&X-Amz-Signature=zz&api_key=k")
+    assert got == "https://host/path?run=1"
+    for same in ("sqlite:////abs/mlflow.db", "sqlite:///rel.db", "http://127.0.0.1:5000", "x"):
+        assert redact_uri(same) == same
+
+
+def test_credentials_never_reach_params_or_the_logged_config(store, tmp_path) -> None:
+    secret_uri = "https://alice:hunter2@mlflow.example/?token=hunter3"
+    cfg = TrackingConfig(uri=secret_uri, experiment="t")
+    params = config_params(cfg)
+    assert params["uri"] == "https://mlflow.example/"
+    with start_run(store, stage="collect", config=cfg) as run:
+        pass
+    logged = Path(run.client.download_artifacts(run.run_id, "config.yaml", str(tmp_path)))
+    text = logged.read_text() + repr(run.client.get_run(run.run_id).data.params)
+    assert "hunter" not in text and "alice" not in text and "mlflow.example" in text
+    with pytest.raises(TrackingError) as err:
+        check_tracking(f"http://bob:hunter2@127.0.0.1:{_free_port()}")
+    assert "hunter2" not in str(err.value) and "bob" not in str(err.value)
+
+
+def test_experiments_open_in_the_training_view(store) -> None:
+    with start_run(store, stage="pretrain") as run:
+        pass
+    exp_id = run.client.get_run(run.run_id).info.experiment_id
+    tags = run.client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dataset_inputs_and_logged_models(store, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    (model_dir / "model_config.json").write_text('{"d_model": 24}')
+    with start_run(store, stage="pretrain") as run:
+        log_dataset_input(run, "dtmem/mw/reach-v3-v0", "ab" * 32, "/data/reach", profile={"n": 3})
+        model_id = log_logged_model(run, model_dir, "dtmem-model", step=5, params={"slots": 64})
+    client = run.client
+    inputs = client.get_run(run.run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [
+        ("dtmem/mw/reach-v3-v0", "ab" * 18)
+    ]
+    assert inputs[0].tags[0].value == "training" and "/data/reach" in inputs[0].dataset.source
+    from mlflow.entities import LoggedModelStatus
+
+    model = client.get_logged_model(model_id)
+    assert model.status == LoggedModelStatus.READY and model.model_type == "dtmem"
+    assert model.source_run_id == run.run_id and model.params["slots"] == "64"
+    outputs = client.get_run(run.run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(model_id, 5)]
+    ref = resolve_artifact_ref(f"models:/{model_id}", run.uri, "checkpoint")
+    assert ref.model_id == model_id and ref.run_id == run.run_id
+    got = download_artifacts(run.uri, ref, tmp_path / "dl")
+    assert (got / "model.safetensors").read_bytes() == b"weights"
+    assert (got / "model_config.json").read_text() == '{"d_model": 24}'
+    assert not (got / "MLmodel").exists()
+    client.create_registered_model("lm-test")
+    version = client.create_model_version("lm-test", f"models:/{model_id}", run_id=run.run_id)
+    client.set_registered_model_alias("lm-test", "best", version.version)
+    assert resolve_artifact_ref("models:/lm-test@best", run.uri, "checkpoint") == ref
+    with pytest.raises(TrackingError, match="no such logged model"):
+        resolve_artifact_ref("models:/m-" + "0" * 32, run.uri, "checkpoint")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["runs:/{id}/../..", "runs:/{id}/checkpoint/../../x", "runs:/../{id}", "runs:/{id}//etc"],
+)
+def test_model_references_cannot_leave_the_run(store, ref) -> None:
+    with start_run(store, stage="pretrain") as run:
+        pass
+    with pytest.raises(TrackingError) as err:
+        resolve_artifact_ref(ref.format(id=run.run_id), run.uri, "checkpoint")
+    assert "\n" not in str(err.value)
+    assert "leaves the run" in str(err.value) or "not a run id" in str(err.value)
