@@ -31,7 +31,7 @@ from dtmem.collect.driver import (
 )
 from dtmem.config.base import load_config
 from dtmem.config.collect import CollectConfig
-from dtmem.data.minari_io import resolve_root
+from dtmem.data.minari_io import check_dataset_root
 from dtmem.ray_session import ray_session
 from dtmem.tracking import check_tracking, resolve_tracking_uri, start_run
 
@@ -45,7 +45,7 @@ def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> Collec
         if not console.is_terminal:  # a log file: rich's 80 columns would cut the table
             console = Console(stderr=True, width=120)
     check_tracking(resolve_tracking_uri(cfg.tracking.uri))
-    root = resolve_root(cfg.root)
+    root = check_dataset_root(cfg.root)  # read-only or full: refused before any compute
     reused = {t: s for t in cfg.tasks if (s := existing_summary(cfg, t, root)) is not None}
     todo = [t for t in cfg.tasks if t not in reused]
     if cfg.policy.rllib is not None and not cfg.policy.rllib.train_missing:

@@ -34,6 +34,7 @@ from dtmem import metrics
 from dtmem.collect.actors import EpisodeResult, dataset_spaces, env_id, remote_worker
 from dtmem.collect.policies import num_variants, plan_episodes
 from dtmem.config.collect import CollectConfig
+from dtmem.data.env_specs import recording_env_spec
 from dtmem.data.episodes import DataError, DatasetExistsError
 from dtmem.data.minari_io import DatasetInfo, DatasetWriter, open_dataset
 from dtmem.tracking import RunHandle
@@ -379,6 +380,8 @@ def _open_writer(st: _TaskState, cfg: CollectConfig, root: Path) -> DatasetWrite
         env_id=env_id(cfg.suite, st.task),
         task=st.task,
         root=root,
+        env_spec=recording_env_spec(env_id(cfg.suite, st.task)),  # for recover_environment()
+        author="dtmem collect",
         overwrite=cfg.overwrite,
         description=(
             f"{cfg.suite} {st.task}: {cfg.policy.kind} policy, keep {cfg.keep}, "

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from dtmem.data.env_specs import atari_env_spec
 from dtmem.data.episodes import (
     CorruptFileError,
     DataError,
@@ -53,7 +54,7 @@ from dtmem.data.episodes import (
     Episode,
     check_finite,
 )
-from dtmem.data.minari_io import DatasetInfo, DatasetWriter
+from dtmem.data.minari_io import DatasetInfo, DatasetWriter, check_dataset_root
 
 __all__ = [
     "FRAME_SHAPE",
@@ -390,10 +391,12 @@ def import_dqn_replay(
     500k transitions per game). ``action_set`` maps the replay's action indices to the full
     18-action set; by default the game's minimal action set from ale_py. The dataset is
     written atomically (nothing appears at its id unless the import completes).
-    Returns the dataset's ``DatasetInfo`` (with its content hash).
+    Returns the dataset's ``DatasetInfo`` (with its content hash). A read-only or nearly full
+    dataset root is refused (``dtmem.fileio.DiskError``) before anything is read.
     """
     import gymnasium as gym
 
+    check_dataset_root(root)
     dirs = replay_dirs(path, runs)
     game = game or _game_name(dirs[0])
     mapping = (
@@ -412,9 +415,11 @@ def import_dqn_replay(
         env_id=f"ALE/{game}-v5",
         task=game,
         root=root,
+        env_spec=atari_env_spec(game, repeat_action_probability=0.25),  # Dopamine's sticky actions
         overwrite=overwrite,
         description=f"DQN Replay ({game}), imported by dtmem.data.dqn_replay",
         algorithm_name="DQN (Dopamine), DQN Replay dataset",
+        author="Agarwal, Schuurmans, Norouzi (DQN Replay Dataset), imported by dtmem",
     )
     with writer:
         for replay_dir in dirs:

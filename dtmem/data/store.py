@@ -22,6 +22,7 @@ from dtmem.data.episodes import DataError, DatasetFormatError, Episode
 __all__ = [
     "DTMEM_METADATA_KEY",
     "FORMAT_VERSION",
+    "MIN_FREE_BYTES",
     "TMP_PREFIX",
     "ContentHasher",
     "DatasetInfo",
@@ -36,6 +37,7 @@ __all__ = [
 DTMEM_METADATA_KEY = "dtmem"
 FORMAT_VERSION = 1
 TMP_PREFIX = ".dtmem-tmp-"  # a writer's work in progress: never listed, never loaded
+MIN_FREE_BYTES = 100 * 2**20  # what a dataset root must have free before a stage writes to it
 # Minari's DATASET_ID_RE with the version made mandatory (minari's parser fails without one).
 _DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?-v\d+$")
 
@@ -69,7 +71,9 @@ def dataset_dir(dataset_id: str, root: str | os.PathLike[str] | None = None) -> 
     return resolve_root(root) / dataset_id
 
 
-def check_dataset_root(root: str | os.PathLike[str] | None, need_bytes: int) -> Path:
+def check_dataset_root(
+    root: str | os.PathLike[str] | None, need_bytes: int = MIN_FREE_BYTES
+) -> Path:
     """The resolved root, once it is known to be writable with ``need_bytes`` free.
 
     Called before any compute whose output goes to the root (collection, import), so that a

@@ -98,6 +98,17 @@ def _stored_infos(infos: Mapping[str, Any], num_steps: int, where: str) -> dict[
     return out
 
 
+def _check_env_spec(env_spec: EnvSpec | None, where: str) -> None:
+    """Minari stores the spec as JSON; one that does not serialise (a callable entry point,
+    as Meta-World registers) would leave a dataset whose env cannot be recovered."""
+    if env_spec is None:
+        return
+    try:
+        env_spec.to_json()
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: env_spec {env_spec.id!r} does not serialise ({exc})") from None
+
+
 @cache
 def _writer_storage_class() -> type:
     """Minari's ArrowStorage without its per-episode size walk.
@@ -193,6 +204,7 @@ class DatasetWriter:
         if author is not None:
             self._metadata["author"] = {author}
         self._extra = dict(extra_metadata or {})
+        _check_env_spec(env_spec, f"dataset {dataset_id}")
         self._tmp_dir = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         self._storage = self._new_storage(env_spec)
         self._pending: list[Any] = []
