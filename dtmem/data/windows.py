@@ -28,6 +28,7 @@ from dtmem.data.stats import (
     save_state_stats,
     to_env_action,
 )
+from dtmem.mdt_bins import RETURN_BINS, RETURN_MAX, RETURN_MIN
 
 __all__ = [
     "ATARI_RETURN_MAX",
@@ -51,9 +52,8 @@ __all__ = [
     "window_starts",
 ]
 
-ATARI_RETURN_MIN = -20  # the return of bin 0
-ATARI_RETURN_MAX = 99  # the return of the last bin
-NUM_RETURN_BINS = ATARI_RETURN_MAX - ATARI_RETURN_MIN + 1  # 120
+# MDT's return bins live in dtmem/mdt_bins.py (shared with the model), under these names here
+ATARI_RETURN_MIN, ATARI_RETURN_MAX, NUM_RETURN_BINS = RETURN_MIN, RETURN_MAX, RETURN_BINS
 
 
 def returns_to_go(rewards: np.ndarray) -> np.ndarray:
