@@ -456,6 +456,7 @@ def log_dataset_input(
     or URI, redacted), ``context`` e.g. training / validation, ``profile`` small facts such
     as episode and step counts. Logging the same dataset twice adds nothing."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     dataset = Dataset(
         name=name,
@@ -465,7 +466,10 @@ def log_dataset_input(
         profile=json.dumps(dict(profile)) if profile else None,
     )
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
+    try:
+        run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
+    except MlflowException:  # two runs logged the same new dataset at once (sqlite): it exists now
+        run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
 
 
 def log_logged_model(
