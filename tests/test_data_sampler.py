@@ -14,11 +14,13 @@ from dtmem.data.episodes import DataError, Episode, ObservationShapeError
 from dtmem.data.minari_io import DatasetReader, open_dataset, write_dataset
 from dtmem.data.sampler import build_sampler, plan_epoch
 from dtmem.data.windows import (
+    StateStats,
     atari_return_bins,
     atari_reward_classes,
     continuous_returns_to_go,
     load_state_stats,
     make_window,
+    to_env_action,
 )
 
 OBS_DIM, ACT_DIM, K, B = 17, 5, 7, 3
@@ -336,3 +338,119 @@ def test_plan_epoch_is_a_pure_function_of_the_index():
     assert c.num_batches == a.num_batches
     with pytest.raises(ValueError):
         plan_epoch(lengths, [1.0, 1.0], rank=2, **kw)
+
+
+# --- datasets made elsewhere: actions outside the tanh head's range -----------------------
+
+
+def pendulum_dataset(root, monkeypatch, dataset_id="elsewhere/pendulum-v0", lengths=(23, 17, 30)):
+    """A plain Minari dataset as Minari itself writes one for Pendulum-v1 (no dtmem metadata):
+    3-dim states, one action in [-2, 2], most of it beyond [-1, 1]."""
+    import warnings
+
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    rng = np.random.default_rng(11)
+    buffers, actions = [], []
+    for T in lengths:
+        a = rng.uniform(-2, 2, (T, 1)).astype(np.float32)
+        actions.append(a)
+        theta = rng.uniform(-np.pi, np.pi, T + 1)
+        obs = np.stack([np.cos(theta), np.sin(theta), rng.uniform(-8, 8, T + 1)], 1)
+        buffers.append(
+            EpisodeBuffer(
+                observations=obs.astype(np.float32),
+                actions=a,
+                rewards=-(theta[:-1] ** 2),
+                terminations=np.zeros(T, bool),
+                truncations=np.r_[np.zeros(T - 1, bool), True],
+            )
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # minari warns about missing author etc.
+        minari.create_dataset_from_buffers(dataset_id, buffers, env="Pendulum-v1")
+    return actions
+
+
+def test_pendulum_actions_train_in_the_head_range_and_act_in_the_env_range(root, monkeypatch):
+    actions = pendulum_dataset(root, monkeypatch)
+    raw = np.concatenate(actions)
+    assert (np.abs(raw) > 1).mean() > 0.4  # what the tanh head could never predict
+    cfg = DataConfig(datasets=[{"id": "elsewhere/pendulum-v0"}], context=K, batch_size=B)
+    sampler = build_sampler(cfg, expected_obs_shape=(3,))
+    stats = sampler.state_stats
+    assert stats is not None and not stats.normalizes_states and stats.bounds is not None
+    np.testing.assert_array_equal(stats.bounds[0], [-2.0])
+    np.testing.assert_array_equal(stats.bounds[1], [2.0])
+    plan = sampler.plan(0)
+    seen = 0
+    for b, batch in enumerate(sampler.iter_epoch()):
+        assert batch.actions.shape == (B, K, 1)
+        for i in range(B):
+            j = b * B + i
+            ep, s, L = int(plan.episode[j]), int(plan.start[j]), int(plan.length[j])
+            window = batch.actions[i, :L].numpy()
+            assert np.abs(window).max() <= 1.0
+            # acting maps the model's range back onto exactly the dataset's actions
+            episode = sampler.sources[0].episode_ids[ep]
+            np.testing.assert_allclose(
+                to_env_action(window, stats), actions[episode][s : s + L], atol=1e-6
+            )
+            seen += L
+    assert seen > 0.8 * raw.shape[0]
+
+    # normalised states: the statistics carry both transforms, and saved they come back whole
+    normed = build_sampler(
+        DataConfig(
+            datasets=[{"id": "elsewhere/pendulum-v0"}],
+            context=K,
+            batch_size=B,
+            normalize_states=True,
+            state_stats_path=str(root / "stats.json"),
+        )
+    )
+    both = normed.state_stats
+    assert both is not None and both.normalizes_states and both.bounds is not None
+    loaded = load_state_stats(root / "stats.json")
+    assert loaded.bounds is not None and loaded.count == both.count
+    # a model trained on other bounds (or on unscaled actions) does not fit this data
+    other = StateStats(both.mean, both.std, both.count, np.array([-1.0]), np.array([3.0]))
+    with pytest.raises(DataError, match=r"pendulum-v0/data/metadata\.json: actions in"):
+        build_sampler(normed_cfg(root), state_stats=other)
+    with pytest.raises(DataError, match="as they are"):
+        build_sampler(normed_cfg(root), state_stats=StateStats(both.mean, both.std, both.count))
+
+
+def normed_cfg(root) -> DataConfig:
+    return DataConfig(
+        datasets=[{"id": "elsewhere/pendulum-v0"}], context=K, batch_size=B, normalize_states=True
+    )
+
+
+def test_unbounded_continuous_actions_are_refused_in_one_line(root):
+    rng = np.random.default_rng(12)
+    ep = Episode(
+        rng.standard_normal((9, OBS_DIM)).astype(np.float32),
+        rng.standard_normal((8, 2)).astype(np.float32),
+        np.ones(8, np.float32),
+        np.zeros(8, bool),
+        np.r_[np.zeros(7, bool), True],
+    )
+    write_dataset(
+        "elsewhere/free-v0",
+        [ep],
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32),
+        action_space=gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+        env_id="elsewhere",
+        root=root,
+    )
+    cfg = DataConfig(
+        datasets=[{"id": "elsewhere/free-v0"}], root=str(root), context=4, batch_size=1
+    )
+    with pytest.raises(DataError) as err:
+        build_sampler(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "unbounded" in message
+    assert message.startswith(str(root / "elsewhere/free-v0/data/metadata.json"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dtmem.data.episodes import DataError
+from dtmem.data.stats import action_bounds, check_action_bounds, scale_actions, with_action_bounds
 from dtmem.data.windows import (
     NUM_RETURN_BINS,
     StateStats,
@@ -20,6 +21,7 @@ from dtmem.data.windows import (
     returns_to_go,
     save_state_stats,
     stack_frames,
+    to_env_action,
     valid_mask,
     window_starts,
 )
@@ -173,3 +175,74 @@ def test_state_stats_save_and_load(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="no such"):
         load_state_stats(tmp_path / "missing.json")
+
+
+# --- actions: the dataset's range <-> the tanh head's [-1, 1] (dtmem.data.stats) -----------
+
+
+def test_action_bounds_scale_only_what_the_head_cannot_reach():
+    import gymnasium as gym
+
+    assert action_bounds(gym.spaces.Box(-1, 1, (4,), np.float32), "d") is None  # Meta-World
+    assert action_bounds(gym.spaces.Box(0, 0.5, (2,), np.float32), "d") is None  # inside
+    assert action_bounds(gym.spaces.Discrete(18), "d") is None
+    low, high = action_bounds(gym.spaces.Box(-2, 2, (1,), np.float32), "d")  # Pendulum-v1
+    np.testing.assert_array_equal(low, [-2.0])
+    np.testing.assert_array_equal(high, [2.0])
+    with pytest.raises(DataError) as err:
+        action_bounds(gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), "x/data/metadata.json")
+    assert str(err.value).startswith("x/data/metadata.json: action_space")
+    assert "unbounded" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_actions_scale_into_the_head_range_and_back_by_hand():
+    # three dims with different ranges, so a swapped axis would show
+    low, high = np.array([-2.0, 0.0, -3.0]), np.array([2.0, 10.0, 1.0])
+    stats = StateStats(np.zeros(5), np.ones(5), 0, action_low=low, action_high=high)
+    a = np.array([[-2.0, 0.0, -3.0], [0.0, 5.0, -1.0], [2.0, 10.0, 1.0], [1.0, 2.5, 0.0]])
+    expected = np.array([[-1, -1, -1], [0, 0, 0], [1, 1, 1], [0.5, -0.5, 0.5]], np.float32)
+    scaled = scale_actions(a, stats)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, expected, atol=1e-7)
+    np.testing.assert_allclose(to_env_action(scaled, stats), a, atol=1e-6)
+    # the head never says more than 1, but clip anyway: the env only takes its own range
+    np.testing.assert_allclose(to_env_action(np.array([[1.5, -1.2, 0.0]]), stats), [[2, 0, -1]])
+    # no bounds (actions used as they are, or discrete): returned untouched
+    plain = StateStats(np.zeros(5), np.ones(5), 7)
+    ints = np.array([3, 17])
+    assert to_env_action(ints, plain) is ints and to_env_action(ints, None) is ints
+    np.testing.assert_array_equal(scale_actions(a, None), a.astype(np.float32))
+
+
+def test_with_action_bounds_makes_identity_state_stats_only_when_needed():
+    bounds = (np.array([-2.0]), np.array([2.0]))
+    assert with_action_bounds(None, None, 3) is None
+    carried = with_action_bounds(None, bounds, 3)
+    assert carried is not None and not carried.normalizes_states
+    x = np.array([[1.0, -4.0, 8.0]])
+    np.testing.assert_array_equal(normalize_states(x, carried), x)  # the identity
+    norm = StateStats(mean=np.ones(3), std=np.full(3, 2.0), count=9)
+    both = with_action_bounds(norm, bounds, 3)
+    assert both is not None and both.normalizes_states and both.bounds is not None
+    check_action_bounds(both, bounds, "d")
+    with pytest.raises(DataError, match="scale actions from"):
+        check_action_bounds(both, (np.array([-1.0]), np.array([3.0])), "d")
+    with pytest.raises(DataError, match=r"as they are"):
+        check_action_bounds(norm, bounds, "d")
+
+
+def test_state_stats_with_action_bounds_save_and_load(tmp_path):
+    stats = StateStats(
+        mean=np.zeros(3), std=np.ones(3), count=0,
+        action_low=np.array([-2.0, 0.0]), action_high=np.array([2.0, 4.0]),
+    )  # fmt: skip
+    path = tmp_path / "stats.json"
+    save_state_stats(stats, path)
+    back = load_state_stats(path)
+    assert back.count == 0 and back.bounds is not None
+    np.testing.assert_array_equal(back.bounds[0], [-2.0, 0.0])
+    np.testing.assert_array_equal(back.bounds[1], [2.0, 4.0])
+    bad = tmp_path / "bounds.json"
+    bad.write_text('{"mean": [0], "std": [1], "count": 0, "action_low": [3], "action_high": [1]}')
+    with pytest.raises(DataError, match=r"bounds\.json: action_low"):
+        load_state_stats(bad)

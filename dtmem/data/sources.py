@@ -16,7 +16,7 @@ import numpy as np
 from dtmem.data.checks import check_env
 from dtmem.data.episodes import DataError, ObservationShapeError
 from dtmem.data.reader import DatasetReader, open_dataset
-from dtmem.data.stats import StateStats, compute_state_stats
+from dtmem.data.stats import StateStats, action_bounds, compute_state_stats, with_action_bounds
 
 if TYPE_CHECKING:
     from dtmem.config.data import DataConfig
@@ -88,7 +88,8 @@ def check_compatible(sources: Sequence[TaskSource]) -> None:
 
 
 def source_state_stats(sources: Sequence[TaskSource]) -> StateStats:
-    """Mean/std of the observations the windows use (obs_0 .. obs_{T-1}) over all sources."""
+    """Mean/std of the observations the windows use (obs_0 .. obs_{T-1}) over all sources,
+    with the action bounds the windows' actions are scaled from (``stats.action_bounds``)."""
 
     def arrays() -> Iterator[np.ndarray]:
         for source in sources:
@@ -96,4 +97,7 @@ def source_state_stats(sources: Sequence[TaskSource]) -> StateStats:
                 obs = source.reader.read_episode(int(episode_id)).observations
                 yield obs[:-1].reshape(obs.shape[0] - 1, -1)  # (T, D)
 
-    return compute_state_stats(arrays())
+    stats = compute_state_stats(arrays())
+    reader = sources[0].reader
+    bounds = action_bounds(reader.action_space, str(reader.metadata_file))
+    return with_action_bounds(stats, bounds, stats.mean.shape[0]) or stats

@@ -203,8 +203,8 @@ def check_action_bounds(stats: StateStats, bounds: ActionBounds | None, where: s
             return "[-1, 1] as they are" if b is None else f"[{b[0].tolist()}, {b[1].tolist()}]"
 
         raise DataError(
-            f"{where}: actions in {show(bounds)}, but the model was trained on actions "
-            f"scaled from {show(mine)}"
+            f"{where}: actions in {show(bounds)}, but the given statistics (the model's, or "
+            f"data.state_stats_path) scale actions from {show(mine)}"
         )
 
 
