@@ -12,10 +12,20 @@ full 18-action set, 4 stacked 84x84 frames), rearranged for RLlib's default CNN
 (channels last) and scaled as RLlib's Atari wrapper scales, x / 128 - 1 (``to_module_obs``).
 Training rewards are clipped to their sign (as DQN and PPO do on Atari); collection records
 raw rewards.
+
+Nothing is unpickled when acting. RLlib's own checkpoint files are pickles (loading one runs
+whatever code it names), so beside each checkpoint ``train_agent`` writes the acting module
+as ``dtmem_policy/``: its weights in safetensors and the few facts needed to build it again
+(``module.json``: algorithm, model config, inference-only), from which ``load_module`` builds
+the module with dtmem's own code. A checkpoint without that export is refused with a line
+naming ``dtmem convert-rllib``, which makes the export from a pickled checkpoint the user
+trusts (``export_checkpoint``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import uuid
@@ -41,8 +51,11 @@ __all__ = [
     "build_algorithm_config",
     "checkpoint_path",
     "checkpoint_paths",
+    "export_checkpoint",
+    "load_module",
     "missing_checkpoints",
     "module_path",
+    "policy_path",
     "to_module_obs",
     "train_agent",
 ]
@@ -76,12 +89,22 @@ def module_path(checkpoint: Path) -> Path:
     return checkpoint / "learner_group" / "learner" / "rl_module" / "default_policy"
 
 
+def policy_path(checkpoint: Path) -> Path:
+    """The pickle-free export of the checkpoint's acting module (see the module docstring)."""
+    return checkpoint / "dtmem_policy"
+
+
+_WEIGHTS = "module.safetensors"
+_SPEC = "module.json"
+
+
 def missing_checkpoints(cfg: RLlibConfig, game: str) -> list[int]:
-    """Iterations of ``checkpoint_iterations`` whose checkpoint does not exist."""
+    """Iterations of ``checkpoint_iterations`` whose checkpoint (with its pickle-free export)
+    does not exist."""
     return [
         it
         for it in cfg.checkpoint_iterations
-        if not module_path(checkpoint_path(cfg, game, it)).is_dir()
+        if not (policy_path(checkpoint_path(cfg, game, it)) / _WEIGHTS).is_file()
     ]
 
 
@@ -192,12 +215,14 @@ def _summary(iteration: int, result: dict[str, Any]) -> IterationSummary:
     return IterationSummary(iteration, float(ret), int(steps))
 
 
-def _save_atomic(algo: Any, final: Path) -> None:
-    """Save under a hidden name beside ``final``, then rename (replacing an older one)."""
+def _save_atomic(algo: Any, final: Path, algorithm: str) -> None:
+    """Save under a hidden name beside ``final`` with the pickle-free export of the acting
+    module, then rename (replacing an older one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         algo.save_to_path(str(tmp))
+        _write_policy(algo.get_module(), algorithm, policy_path(tmp))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -223,6 +248,9 @@ def train_agent(
     paths = checkpoint_paths(cfg, game)
     if not missing:
         return paths
+    for it in missing:  # a pickle-only checkpoint is the user's: never trained over
+        if module_path(checkpoint_path(cfg, game, it)).is_dir():
+            load_module(checkpoint_path(cfg, game, it))  # raises: how to convert it
     before = [it for it in cfg.checkpoint_iterations if it < missing[0]]
     algo = build_algorithm_config(cfg, game, seed).build_algo()
     try:
@@ -235,7 +263,7 @@ def train_agent(
             if on_iteration is not None:
                 on_iteration(_summary(it, result))
             if it in cfg.checkpoint_iterations:
-                _save_atomic(algo, checkpoint_path(cfg, game, it))
+                _save_atomic(algo, checkpoint_path(cfg, game, it), cfg.algorithm)
     finally:
         algo.stop()
     return paths
@@ -244,16 +272,138 @@ def train_agent(
 # --- acting from checkpoints ------------------------------------------------------------
 
 
+def _model_config_json(module: Any) -> dict[str, Any]:
+    """The module's model config, its JSON-able fields only (callables are never kept)."""
+    raw = module.model_config
+    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+        raw = dataclasses.asdict(raw)
+    out = {}
+    for key, value in dict(raw or {}).items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[str(key)] = value
+    return out
+
+
+def _write_policy(module: Any, algorithm: str, dst: Path) -> None:
+    """``module``'s weights (safetensors) and how to build it (JSON) into ``dst``."""
+    from safetensors.torch import save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, str(dst / _WEIGHTS))
+    spec = {
+        "format": 1,
+        "algorithm": algorithm,
+        "inference_only": bool(getattr(module, "inference_only", False)),
+        "model_config": _model_config_json(module),
+    }
+    (dst / _SPEC).write_text(json.dumps(spec, indent=1))
+
+
+def _read_spec(path: Path) -> tuple[str, bool, dict[str, Any]]:
+    """``module.json`` checked field by field: (algorithm, inference_only, model config)."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("format") != 1:
+        raise CheckpointError(f"{path}: not a dtmem RLlib policy spec (format 1)")
+    algorithm = spec.get("algorithm")
+    if algorithm not in ("PPO", "DQN"):
+        raise CheckpointError(f"{path}: algorithm: expected PPO or DQN, got {algorithm!r}")
+    model = spec.get("model_config")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: model_config: expected a mapping")
+    return algorithm, bool(spec.get("inference_only", False)), model
+
+
+def build_module(algorithm: str, model_config: dict[str, Any], inference_only: bool) -> Any:
+    """A fresh torch RLModule of ``algorithm`` (PPO or DQN) for the Atari spaces.
+    ``model_config`` may hold only the fields of RLlib's ``DefaultModelConfig`` and the
+    algorithm's own model options (plain values: nothing names code to import)."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from dtmem.envs.atari import NUM_FULL_ACTIONS
+
+    if algorithm == "PPO":
+        from ray.rllib.algorithms.ppo import PPOConfig
+
+        config: Any = PPOConfig()
+    else:
+        from ray.rllib.algorithms.dqn import DQNConfig
+
+        config = DQNConfig()
+    known = {f.name for f in dataclasses.fields(DefaultModelConfig)} | set(config.model_config)
+    unknown = sorted(set(model_config) - known)
+    if unknown:
+        raise CheckpointError(f"{algorithm} model_config: unknown fields {unknown}")
+    config = config.framework("torch").rl_module(model_config=dict(model_config))
+    spaces: dict[str, Any] = {
+        DEFAULT_MODULE_ID: (
+            gym.spaces.Box(-1.0, 1.0, (84, 84, 4), np.float32),
+            gym.spaces.Discrete(NUM_FULL_ACTIONS),
+        )
+    }
+    return config.get_rl_module_spec(spaces=spaces, inference_only=inference_only).build()
+
+
 def load_module(checkpoint: Path) -> Any:
-    """The torch RLModule of a full algorithm checkpoint, in inference mode."""
+    """The torch RLModule of a checkpoint, in inference mode, built by dtmem's code from the
+    pickle-free export; a checkpoint that has only RLlib's pickles is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    export = policy_path(checkpoint)
+    if not (export / _WEIGHTS).is_file():
+        if module_path(checkpoint).is_dir():
+            raise CheckpointError(
+                f"{checkpoint}: an RLlib checkpoint in pickle form is not loaded (unpickling "
+                f"runs code); if you trust it, convert it: dtmem convert-rllib {checkpoint}"
+            )
+        raise CheckpointError(f"{checkpoint}: no RLlib policy at {export}")
+    algorithm, inference_only, model_config = _read_spec(export / _SPEC)
+    module: Any = build_module(algorithm, model_config, inference_only)
+    try:
+        weights = load_file(str(export / _WEIGHTS))
+        module.load_state_dict(weights, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{export / _WEIGHTS}: does not fit the module: {first}") from None
+    module.eval()
+    return module
+
+
+def export_checkpoint(checkpoint: Path) -> Path:
+    """Write the pickle-free export of a full RLlib algorithm checkpoint (made by RLlib
+    itself, or by an older dtmem) beside it, and return the export directory.
+
+    This UNPICKLES the checkpoint, which runs any code it holds: call it only on a
+    checkpoint you trust (you trained it, or you know who did). It is what
+    ``dtmem convert-rllib`` runs; collection itself never calls it."""
     from ray.rllib.core.rl_module.rl_module import RLModule
 
+    checkpoint = Path(checkpoint).expanduser().resolve()
     path = module_path(checkpoint)
     if not path.is_dir():
         raise CheckpointError(f"{checkpoint}: no RLModule at {path} (is it an RLlib checkpoint?)")
-    module: Any = RLModule.from_checkpoint(path)  # a torch nn.Module
-    module.eval()
-    return module
+    module: Any = RLModule.from_checkpoint(path)  # trusted by the caller: see the docstring
+    algorithm = "DQN" if hasattr(module, "compute_q_values") else "PPO"
+    final = policy_path(checkpoint)
+    tmp = checkpoint / f".tmp-dtmem_policy-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_policy(module, algorithm, tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    load_module(checkpoint)  # the export must load as collection will load it
+    return final
 
 
 def module_logits(module: Any, observations: np.ndarray) -> np.ndarray:
@@ -292,9 +442,9 @@ class CheckpointPolicy(SlotPolicy):
         if spec.action_kind != "discrete":
             raise ValueError(f"{spec.name}: RLlib checkpoint policies act in Atari only")
         super().__init__(spec, num_envs)
-        missing = [str(c) for c in checkpoints if not module_path(Path(c)).is_dir()]
-        if missing:
-            raise CheckpointError(f"{spec.name}: missing RLlib checkpoint {missing[0]}")
+        for c in checkpoints:
+            if not (policy_path(Path(c)) / _WEIGHTS).is_file():
+                load_module(Path(c))  # raises the right error: pickle-only, or missing
         self.checkpoints = [Path(c) for c in checkpoints]
         self.greedy = greedy
         self.epsilon = epsilon

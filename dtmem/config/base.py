@@ -91,6 +91,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         parts.append(f"{path}: {msg}")
     return f"{source}: " + "; ".join(parts)
 
