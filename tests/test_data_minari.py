@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -343,3 +344,218 @@ def test_data_config_from_yaml(tmp_path):
         load_config(DataConfig, path, ["normalize_states=true"])
     for name, field in DataConfig.model_fields.items():
         assert field.description, name
+
+
+# --- env spec and author: minari's recover_environment() ----------------------------------
+
+
+def test_datasets_record_an_env_spec_that_minari_recovers(root):
+    import minari
+
+    from dtmem.data.env_specs import recording_env_spec
+
+    rng = np.random.default_rng(9)
+    write_vector(
+        "mw/spec-v0",
+        [vector_episode(rng, 4)],
+        env_spec=recording_env_spec("Meta-World/reach-v3"),
+        author="dtmem collect",
+    )
+    frames = rng.integers(0, 256, (5, 84, 84), dtype=np.uint8)
+    write_dataset(
+        "ale/spec-v0",
+        [Episode(frames, rng.integers(0, 18, 4), np.ones(4), np.zeros(4, bool), np.ones(4, bool))],
+        observation_space=gym.spaces.Box(0, 255, (84, 84), np.uint8),
+        action_space=gym.spaces.Discrete(18),
+        env_id="ALE/Breakout-v5",
+        env_spec=recording_env_spec("ALE/Breakout-v5"),
+    )
+    mw = minari.load_dataset("mw/spec-v0")
+    assert mw.storage.metadata["author"] == {"dtmem collect"}
+    env = mw.recover_environment()
+    try:
+        assert env.observation_space.shape == (39,) and env.action_space.shape == (4,)
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (39,)
+    finally:
+        env.close()
+    atari = minari.load_dataset("ale/spec-v0").recover_environment()
+    try:  # the frames the dataset stores: single 84x84 grayscale, the full action set
+        assert atari.observation_space == gym.spaces.Box(0, 255, (84, 84), np.uint8)
+        assert atari.action_space == gym.spaces.Discrete(18)
+    finally:
+        atari.close()
+    assert recording_env_spec("elsewhere/thing") is None
+    with pytest.raises(DataError, match="does not serialise"):
+        write_vector("mw/lambda-v0", [vector_episode(rng, 3)], env_spec=_lambda_spec())
+    assert not any(root.glob(".dtmem-tmp-*"))
+
+
+def _lambda_spec():
+    from gymnasium.envs.registration import EnvSpec
+
+    return EnvSpec(id="Made/Here-v0", entry_point=lambda: None)
+
+
+# --- damaged datasets: one line naming the file ------------------------------------------
+
+
+def test_damaged_dataset_files_give_one_line_naming_the_file(root):
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    from dtmem.data.sampler import build_sampler
+
+    rng = np.random.default_rng(10)
+
+    def fresh(dataset_id: str) -> Path:
+        write_vector(dataset_id, [vector_episode(rng, T) for T in (6, 5, 7)])
+        return root / dataset_id / "data"
+
+    def sampler_error(dataset_id: str) -> str:
+        cfg = DataConfig(datasets=[{"id": dataset_id}], context=3, batch_size=2)
+        with pytest.raises(DataError) as err:
+            for _ in build_sampler(cfg).iter_epoch():  # every episode is read once
+                pass
+        return _one_line(err)
+
+    # a truncated arrow episode
+    data = fresh("bad/truncated-v0")
+    arrow = data / "1" / "part-0.arrow"
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError) as err:
+        open_dataset("bad/truncated-v0").read_episode(1)
+    assert _one_line(err).startswith(f"{arrow}: unreadable arrow file")
+    assert str(arrow) in sampler_error("bad/truncated-v0")
+
+    # the dataset's metadata file is gone (not "no such dataset": the directory is there)
+    data = fresh("bad/nometa-v0")
+    (data / "metadata.json").unlink()
+    with pytest.raises(DataError) as err:
+        open_dataset("bad/nometa-v0")
+    assert _one_line(err).startswith(f"{data / 'metadata.json'}: missing")
+
+    # metadata.json that is not JSON, or whose counts lie
+    data = fresh("bad/garbled-v0")
+    (data / "metadata.json").write_text('{"total_episodes": 3, "total_st')
+    assert sampler_error("bad/garbled-v0").startswith(f"{data / 'metadata.json'}: unreadable")
+    for field, value, said in (("total_steps", 99, "total_steps says 99"),
+                               ("total_episodes", 5, "total_episodes says 5")):  # fmt: skip
+        data = fresh(f"bad/lies-{field.replace('_', '')}-v0")
+        meta = json.loads((data / "metadata.json").read_text())
+        meta[field] = value
+        meta.pop("dtmem")  # as a dataset made elsewhere: lengths from each episode's metadata
+        (data / "metadata.json").write_text(json.dumps(meta))
+        message = sampler_error(f"bad/lies-{field.replace('_', '')}-v0")
+        assert message.startswith(str(data / "metadata.json")) and said in message
+
+    # an episode whose rows disagree with the lengths the metadata gives
+    data = fresh("bad/length-v0")
+    meta = json.loads((data / "metadata.json").read_text())
+    meta["dtmem"]["episode_lengths"] = [5, 6, 7]  # episodes 0 and 1 swapped
+    (data / "metadata.json").write_text(json.dumps(meta))
+    message = sampler_error("bad/length-v0")
+    assert "steps, but the dataset's metadata says" in message and str(data) in message
+
+    # a truncated hdf5 file written by Minari itself
+    buffers = [
+        EpisodeBuffer(
+            observations=ep.observations,
+            actions=ep.actions,
+            rewards=ep.rewards.astype(np.float64),
+            terminations=ep.terminations,
+            truncations=ep.truncations,
+        )
+        for ep in (vector_episode(rng, 8), vector_episode(rng, 6))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers(
+            "bad/hdf5-v0",
+            buffers,
+            observation_space=VEC_OBS,
+            action_space=VEC_ACT,
+            data_format="hdf5",
+        )
+    h5 = root / "bad/hdf5-v0/data/main_data.hdf5"
+    h5.write_bytes(h5.read_bytes()[:1000])
+    assert sampler_error("bad/hdf5-v0").startswith(str(root / "bad/hdf5-v0/data"))
+
+
+# --- full and read-only disks ------------------------------------------------------------
+
+
+def test_a_write_that_fails_midway_leaves_nothing_and_says_one_line(root, monkeypatch):
+    import errno
+
+    from dtmem.data import writer as writer_module
+    from dtmem.fileio import DiskError
+
+    rng = np.random.default_rng(12)
+    storage_cls = writer_module._writer_storage_class()
+    real = storage_cls.update_episodes
+    calls = {"n": 0}
+
+    def fills_up(self, episodes):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first flush lands, the second finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, episodes)
+
+    monkeypatch.setattr(storage_cls, "update_episodes", fills_up)
+    with pytest.raises(DiskError) as err:
+        write_vector("full/disk-v0", [vector_episode(rng, 4) for _ in range(5)], flush_episodes=2)
+    assert (
+        _one_line(err)
+        == f"{root / 'full/disk-v0'}: cannot write (the disk is full; free space or write elsewhere)"
+    )
+    assert calls["n"] == 2
+    assert not (root / "full/disk-v0").exists() and not any(root.glob(".dtmem-tmp-*"))
+
+    # the last step, moving the finished dataset into place, fails the same way
+    monkeypatch.setattr(storage_cls, "update_episodes", real)
+
+    def no_rename(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(writer_module.os, "rename", no_rename)
+    with pytest.raises(DiskError, match="not writable") as err:
+        write_vector("full/rename-v0", [vector_episode(rng, 4)])
+    _one_line(err)
+    assert not (root / "full/rename-v0").exists() and not any(root.glob(".dtmem-tmp-*"))
+
+
+def test_dataset_root_that_cannot_take_the_data_is_refused_first(root, monkeypatch, tmp_path):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from dtmem.data.minari_io import check_dataset_root
+    from dtmem.fileio import DiskError
+
+    assert check_dataset_root(None, need_bytes=1) == root.absolute()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(DiskError) as err:
+        check_dataset_root(blocker / "datasets", need_bytes=1)
+    assert str(blocker) in _one_line(err)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(DiskError, match="only 1 MiB free, 100 MiB needed") as err:
+        check_dataset_root(None)
+    assert str(root.absolute()) in _one_line(err)
+
+    # a read-only mount (root ignores permission bits, so the probe write is what fails)
+    monkeypatch.undo()
+    real_write = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".dtmem-probe-"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(DiskError, match="not writable") as err:
+        check_dataset_root(tmp_path / "ro", need_bytes=1)
+    _one_line(err)

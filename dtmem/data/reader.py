@@ -186,10 +186,6 @@ class DatasetReader:
         Checks the counts the metadata claims against the files: the episodes present and
         their total steps (a dataset whose metadata lies fails here, in one line).
         """
-        lengths = self._dtmem.get("episode_lengths")
-        if not (isinstance(lengths, list) and len(lengths) == self.total_episodes):
-            lengths = [int(m["total_steps"]) for m in self._episode_metadata()]
-        out = np.asarray(lengths, dtype=np.int64)
         if self.data_format in ("arrow", "parquet"):
             present = sum(1 for p in self.data_path.iterdir() if p.is_dir())
             if present != self.total_episodes:
@@ -197,6 +193,10 @@ class DatasetReader:
                     f"{self.metadata_file}: total_episodes says {self.total_episodes}, "
                     f"{self.data_path} holds {present} episodes"
                 )
+        lengths = self._dtmem.get("episode_lengths")
+        if not (isinstance(lengths, list) and len(lengths) == self.total_episodes):
+            lengths = [int(m["total_steps"]) for m in self._episode_metadata()]
+        out = np.asarray(lengths, dtype=np.int64)
         if int(out.sum()) != self.total_steps:
             raise DatasetFormatError(
                 f"{self.metadata_file}: total_steps says {self.total_steps}, the episodes "
