@@ -135,6 +135,7 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
     assert params["model.d_model"] == "16" and params["optim.max_steps"] == "8"
     assert params["data.datasets.2.id"] == "dtmem/smoke/pick-place-v3-expert-v0"
     assert int(params["model.params_total"]) == sum(p.numel() for p in pre.model.parameters())
+    assert not handle_has(uri, run_id, "model/params")  # a param, not a one-point chart
     assert tags["dtmem.stage"] == "pretrain" and "dtmem.version.ray" in tags
     assert tags["data.dtmem/smoke/reach-v3-expert-v0.content_hash"] != "unknown"
     assert "dtmem.git_commit" in tags
@@ -153,9 +154,22 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3)
     client = handle.client
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "checkpoint", "loss_curve.png"} <= top
-    ckpt = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
-    assert {"checkpoint/model.safetensors", "checkpoint/model_config.json"} <= ckpt
+    assert {"config.yaml", "loss_curve.png"} <= top
+    # the model is a flavourless logged model of the run, loadable from its models:/ URI
+    model_uri = tags["dtmem.model_uri"]
+    logged = client.get_logged_model(model_uri.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and logged.status == "READY"
+    assert logged.model_type == "dtmem"
+    files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
+    assert {"model.safetensors", "model_config.json", "meta.json"} <= files
+    assert not any(f.endswith((".pkl", ".pt", "MLmodel")) for f in files)
+    by_uri = load_checkpoint_model(model_uri, tracking_uri=uri).model.state_dict()
+    assert all(torch.equal(by_uri[k], v) for k, v in pre.model.state_dict().items())
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    digests = {d.dataset.name: d.dataset.digest for d in inputs}
+    hashes = {k.split(".")[1]: v for k, v in tags.items() if k.endswith(".content_hash")}
+    assert digests.keys() == set(hashes) and len(digests) == 3
+    assert all(hashes[n].startswith(d) for n, d in digests.items())
     assert pre.config.d_model == 16 and pre.state_stats is not None
 
     # LoRA: only adapters train; the run logs the adapter and a merged model
@@ -169,7 +183,8 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
     assert lora.steps == 6 and lora.adapter_dir is not None
     assert 0 < lora.params_trainable < lora.params_total / 4
     ft = attach(uri, lora.run_id)
-    assert ft.metric_history(M.FINETUNE_TRAINABLE_PARAMS) == [(0, lora.params_trainable)]
+    ft_params = ft.client.get_run(lora.run_id).data.params
+    assert int(ft_params["model.params_trainable"]) == lora.params_trainable
     assert ft.client.get_run(lora.run_id).data.tags["dtmem.pretrained_run_id"] == run_id
     assert "adapter" in {a.path for a in ft.client.list_artifacts(lora.run_id)}
     base = pre.model.state_dict()
@@ -195,10 +210,11 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
     assert all(torch.equal(frozen.model.state_dict()[k], base[k]) for k in base)
 
 
-def test_restarting_the_job_under_its_run_name_continues_the_same_run(env) -> None:
+def test_restarting_the_job_under_its_run_name_continues_the_same_run(env, monkeypatch) -> None:
     """The job dies at step 7 (checkpoint at 4); started again with the same run name it
-    continues the same MLflow run from step 5: every step logged once, in order."""
-    from dtmem.training.loop import SimulatedFailure
+    continues the same MLflow run from step 5: every step logged once, in order. Started a
+    third time, the finished run is reported and returned, nothing trained or logged."""
+    from dtmem.training.faults import FAIL_AT_STEP_ENV, SimulatedFailure
     from pipelines.pretrain import run_pretrain
 
     overrides = [
@@ -208,9 +224,8 @@ def test_restarting_the_job_under_its_run_name_continues_the_same_run(env) -> No
         "log_every=1",
         "registry.name=null",
     ]
-    failing = load_config(
-        PretrainConfig, CONFIGS / "smoke" / "pretrain.yaml", [*overrides, "fail_at_step=7"]
-    )
+    failing = load_config(PretrainConfig, CONFIGS / "smoke" / "pretrain.yaml", overrides)
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "7")
     with pytest.raises(SimulatedFailure):
         run_pretrain(failing)
     result = run_pretrain(failing)  # the marker file keeps the failure to once
@@ -220,6 +235,18 @@ def test_restarting_the_job_under_its_run_name_continues_the_same_run(env) -> No
     assert info.data.tags["dtmem.resumed_from_step"] == "4"
     assert [s for s, _ in run.metric_history(M.TRAIN_LOSS)] == list(range(1, 11))
     assert result.steps == 10 and [s for s, _ in result.loss_history] == list(range(1, 11))
+    assert not result.already_finished
+
+    again = run_pretrain(failing)
+    assert again.already_finished and again.run_id == result.run_id
+    assert again.steps == 10 and again.model_uri == result.model_uri
+    assert again.loss_history == result.loss_history
+    models = run.client.search_logged_models(experiment_ids=[info.info.experiment_id])
+    assert sum(m.source_run_id == result.run_id for m in models) == 1  # not logged twice
+
+
+def handle_has(uri: str, run_id: str, metric: str) -> bool:
+    return bool(attach(uri, run_id).metric_history(metric))
 
 
 def _peft_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -334,7 +361,7 @@ def test_bad_finetune_input_fails_before_compute(env, no_compute) -> None:
 
 
 @pytest.mark.slow
-def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session) -> None:
+def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session, monkeypatch) -> None:
     """Rank 1 exits hard at step 9 (last checkpoint: 8); Ray restarts the worker group, which
     resumes from the checkpoint: the MLflow loss curve has every step once, 1..20."""
     from pipelines.pretrain import run_pretrain
@@ -351,12 +378,12 @@ def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session) -> None:
             "optim.warmup_steps=2",
             "checkpoint.every_steps=4",
             "log_every=1",
-            "fail_at_step=9",
             "failure.max_failures=1",
             "data.batch_size=8",
             "registry.name=null",
         ],
     )
+    monkeypatch.setenv("DTMEM_TEST_FAIL_AT_STEP", "9")
     result = run_pretrain(cfg)
     assert (result.run_dir / ".failed_once").read_text() == "step 9\n"  # it did fail
     history = attach(str(env["uri"]), result.run_id).metric_history(M.TRAIN_LOSS)

@@ -28,8 +28,8 @@ from dtmem.training.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
+from dtmem.training.faults import FAIL_AT_STEP_ENV, SimulatedFailure
 from dtmem.training.loop import (
-    SimulatedFailure,
     TrainJob,
     build_train_model,
     local_context,
@@ -96,9 +96,9 @@ def data_root(tmp_path: Path) -> Path:
 
 
 def _job(cfg: PretrainConfig) -> TrainJob:
-    from dtmem.data.sampler import build_sampler
+    from dtmem.training.data import open_train_data
 
-    stats = build_sampler(cfg.data).state_stats
+    stats = open_train_data(cfg, None, (OBS,)).state_stats
     run_dir = Path(cfg.checkpoint.dir) / str(cfg.run_name)
     return TrainJob("pretrain", cfg, cfg.model, str(run_dir), state_stats=stats)
 
@@ -189,12 +189,13 @@ def test_loop_trains_checkpoints_and_exports(data_root, tmp_path) -> None:
     assert loaded.meta["step"] == 40 and not loaded.model.training
 
 
-def test_interrupted_run_resumes_exactly(data_root, tmp_path) -> None:
+def test_interrupted_run_resumes_exactly(data_root, tmp_path, monkeypatch) -> None:
     """A failure at step 7 (last checkpoint: 4) and a restart give the same weights and loss
     curve as an uninterrupted run: data position, optimiser, schedule and RNG all resume."""
     straight = tiny_pretrain_config(data_root, tmp_path / "a")
-    broken = tiny_pretrain_config(data_root, tmp_path / "b", fail_at_step=7)
+    broken = tiny_pretrain_config(data_root, tmp_path / "b")
     ref = run_worker(_job(straight), local_context())
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "7")
     with pytest.raises(SimulatedFailure):
         run_worker(_job(broken), local_context())
     run_dir = Path(_job(broken).run_dir)

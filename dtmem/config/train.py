@@ -16,8 +16,10 @@ from dtmem.config.tracking import TrackingConfig
 
 __all__ = [
     "CheckpointConfig",
+    "EvalCurveConfig",
     "FailureConfig",
     "FinetuneConfig",
+    "HeldOutConfig",
     "OptimConfig",
     "PretrainConfig",
     "RegistryConfig",
@@ -57,21 +59,33 @@ class OptimConfig(FrozenConfig):
 
 
 class ScalingConfig(FrozenConfig):
-    """Data-parallel workers of Ray Train (one process per worker, DDP)."""
+    """Data-parallel workers: one worker trains in this process; several run on Ray Train
+    (one process per worker, DDP)."""
 
     num_workers: int = Field(1, ge=1, description="data-parallel workers (Ray Train actors)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; false: CPU with gloo")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker")
-    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
-    ray: bool = Field(
-        True,
-        description="run on Ray Train; false runs the same training function in this "
-        "process (num_workers must be 1; for debugging)",
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs Ray reserves for each worker, and its torch threads; in this "
+        "process torch uses the machine's cores",
     )
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    ray: bool | None = Field(
+        None,
+        description="null: Ray Train when num_workers > 1, this process for one worker (no Ray "
+        "start-up); true: always Ray Train (e.g. one GPU worker on a cluster); false: this "
+        "process (num_workers must be 1)",
+    )
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether training runs on Ray Train workers (else in the calling process)."""
+        return self.ray if self.ray is not None else self.num_workers > 1
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:
-        if not self.ray and self.num_workers != 1:
+        if self.ray is False and self.num_workers != 1:
             raise ValueError(f"ray=false runs one process: num_workers={self.num_workers}")
         return self
 
@@ -119,6 +133,33 @@ class RegistryConfig(FrozenConfig):
         return self
 
 
+class HeldOutConfig(FrozenConfig):
+    """Episodes kept out of training whose loss is logged as ``val/loss``."""
+
+    episodes: int = Field(
+        0,
+        ge=0,
+        description="episodes of each dataset held out (a fixed seeded choice, never "
+        "trained on); 0: no validation loss",
+    )
+    every_steps: int = Field(100, gt=0, description="log val/loss every this many steps")
+    batches: int = Field(4, gt=0, description="validation batches (the same windows each time)")
+
+
+class EvalCurveConfig(FrozenConfig):
+    """Short rollouts of the model being trained, in the training process (rank 0), logged as
+    curves: ``eval/<task>/return_mean`` and ``success_rate`` per dataset env."""
+
+    every_steps: int | None = Field(
+        None, gt=0, description="roll out every this many steps (and at the end); null: never"
+    )
+    episodes: int = Field(2, gt=0, description="episodes per task and evaluation")
+    max_steps: int = Field(100, gt=0, description="agent steps per episode at most")
+    target_return: float | None = Field(
+        None, description="return to condition on (continuous returns); null: Atari sampling"
+    )
+
+
 class TrainConfig(FrozenConfig):
     """What pretraining and fine-tuning share."""
 
@@ -140,18 +181,30 @@ class TrainConfig(FrozenConfig):
     run_name: SafeName | None = Field(
         None,
         description="names the run (checkpoint directory and MLflow run); starting a stage "
-        "again with the same name resumes it; null: '<stage>-<date>-<time>'",
+        "again with the same name resumes it, or, once it has finished, reports it and "
+        "leaves it alone (another name trains anew); null: '<stage>-<date>-<time>'",
     )
-    progress: bool = Field(True, description="show progress while training (rank 0)")
-    fail_at_step: int | None = Field(
-        None,
-        gt=0,
-        description="testing only: the last worker exits once when it reaches this step "
-        "(a marker file in the run directory keeps it to once), to exercise recovery",
+    progress: bool = Field(True, description="show a progress bar on the driver while training")
+    verbose: bool = Field(
+        False, description="let Ray's and MLflow's own log lines through to the terminal"
+    )
+    validation: HeldOutConfig = Field(
+        default_factory=lambda: HeldOutConfig(),
+        description="validation loss on episodes held out of training",
+    )
+    eval_curve: EvalCurveConfig = Field(
+        default_factory=lambda: EvalCurveConfig(),
+        description="short rollouts in the training process every few steps (off by default)",
     )
 
     @model_validator(mode="after")
     def _check_common(self) -> TrainConfig:
+        curve = self.eval_curve
+        if curve.every_steps is not None:
+            if self.data.returns == "continuous" and curve.target_return is None:
+                raise ValueError("eval_curve.target_return: continuous returns need a target")
+            if any(d.env is None for d in self.data.datasets):
+                raise ValueError("eval_curve: every dataset needs its env (data.datasets.N.env)")
         if self.run_name is not None and not _RUN_NAME.match(self.run_name):
             raise ValueError(
                 f"run_name {self.run_name!r}: use letters, digits, '_', '-', '.' (a directory name)"

@@ -387,8 +387,10 @@ def build_sampler(
     world_size: int = 1,
     state_stats: StateStats | None = None,
     expected_obs_shape: tuple[int, ...] | None = None,
+    sources: Sequence[TaskSource] | None = None,
 ) -> WindowSampler:
-    """The sampler ``cfg`` describes, for worker ``rank`` of ``world_size``.
+    """The sampler ``cfg`` describes, for worker ``rank`` of ``world_size`` (over ``sources``
+    when given: e.g. training's, less its held-out episodes).
 
     Checks every dataset's env (``DatasetSpec.env``) and, if given, that windows have
     ``expected_obs_shape``. ``state_stats`` are a model's (resuming or fine-tuning it): the
@@ -398,7 +400,7 @@ def build_sampler(
     The time spent building the index is ``sampler.index_seconds``.
     """
     t0 = time.perf_counter()
-    sources = build_sources(cfg)
+    sources = list(sources) if sources is not None else build_sources(cfg)
     index_seconds = time.perf_counter() - t0
     if expected_obs_shape is not None:
         for source in sources:

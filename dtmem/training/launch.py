@@ -1,10 +1,12 @@
-"""Run a ``TrainJob``: data-parallel on Ray Train V2 (``TorchTrainer``), or in this process.
+"""Run a ``TrainJob``: in this process (one worker, the default: no Ray start-up at all), or
+data-parallel on Ray Train V2 (``TorchTrainer``) when several workers are asked for.
 
 On Ray, each worker runs ``run_worker(job, ray_context())``: the single-process loop plus
-Ray's prepare step. Worker failures restart the whole worker group (``FailureConfig``), and
-the loop resumes from the run directory's last checkpoint. A sweep trial passes its own
-worker function (the loop with a per-checkpoint report) and Ray Train callbacks
-(``TuneReportCallback``).
+Ray's prepare step. Ray is entered only through ``dtmem.ray_session.ray_session()`` (which
+reuses a Ray already running, e.g. a sweep's or the experiment runner's). Worker failures
+restart the whole worker group (``FailureConfig``), and the loop resumes from the run
+directory's last checkpoint. A sweep trial passes its own worker function (the loop with a
+per-checkpoint report) and Ray Train callbacks (``TuneReportCallback``).
 """
 
 from __future__ import annotations
@@ -25,17 +27,10 @@ class RayResourcesError(ValueError):
 
 def ray_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the TorchTrainer."""
+    from dtmem.training import faults
+
+    faults.adopt(config.get("test_env", {}))
     run_worker(config["job"], ray_context())
-
-
-def ensure_ray() -> bool:
-    """Connect to Ray ($RAY_ADDRESS or a new local instance); True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init()
-    return True
 
 
 def check_ray_resources(scaling: ScalingConfig) -> None:
@@ -63,17 +58,32 @@ def launch(
     *,
     callbacks: Sequence[Any] = (),
     worker_fn: Callable[[dict[str, Any]], None] = ray_worker,
+    verbose: bool = False,
 ) -> None:
     """Train ``job`` to the end; raises if training fails after the allowed restarts.
 
-    On Ray, ``worker_fn`` is the ``train_loop_per_worker`` (its config is ``{"job": job}``)
-    and ``callbacks`` go to the ``RunConfig`` (``ray.train.UserCallback``); both are unused
-    when ``scaling.ray`` is false.
+    On Ray (``scaling.on_ray``), ``worker_fn`` is the ``train_loop_per_worker`` (its config
+    is ``{"job": job}``) and ``callbacks`` go to the ``RunConfig``
+    (``ray.train.UserCallback``); both are unused in this process.
     """
-    if not scaling.ray:
+    if not scaling.on_ray:
         run_worker(job, local_context(scaling.use_gpu))
         return
 
+    from dtmem.ray_session import ray_session
+
+    with ray_session(verbose=verbose):
+        check_ray_resources(scaling)
+        _fit(job, scaling, failure, callbacks, worker_fn)
+
+
+def _fit(
+    job: TrainJob,
+    scaling: ScalingConfig,
+    failure: FailureConfig,
+    callbacks: Sequence[Any],
+    worker_fn: Callable[[dict[str, Any]], None],
+) -> None:
     # Train V2's classes (ray.train re-exports them when V2 is on, the 2.60 default; their
     # static types are V1's, which lack controller_failure_limit)
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -81,11 +91,12 @@ def launch(
     from ray.train.v2.api.config import RunConfig
     from ray.train.v2.api.config import ScalingConfig as RayScalingConfig
 
-    check_ray_resources(scaling)
+    from dtmem.training import faults
+
     run_dir = Path(job.run_dir)
     trainer = TorchTrainer(
         worker_fn,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "test_env": faults.forwarded()},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,

@@ -1,31 +1,32 @@
-"""The training loop of one data-parallel worker: the same function runs in this process
-(``local_context``) and on every Ray Train worker (``ray_context``); the two differ only in
-how the model is prepared (DDP) and how workers synchronise.
+"""The training loop of one data-parallel worker: the same function runs in the calling
+process (``local_context``: one worker, the default) and on every Ray Train worker
+(``ray_context``: several workers); the two differ only in how the model is prepared (DDP)
+and how workers synchronise.
 
 One optimiser step (``train_step``)::
 
     loss = action loss (+ return and reward losses on Atari)     # dt_loss, over real steps
     loss.backward(); clip the global gradient norm; AdamW step; schedule step
 
-Per worker the sampler yields its own shard of windows (``build_sampler(rank, world_size)``),
-so the global batch is ``num_workers * data.batch_size`` windows. Every ``log_every`` steps the
-losses and throughput are averaged over workers and rank 0 logs them to MLflow (Train V2
-keeps only metrics reported with a checkpoint, so they go to MLflow directly); every
-``checkpoint.every_steps`` steps, and at the end, all workers write a checkpoint together,
-then call ``on_checkpoint`` if one is given (a sweep reports its validation loss there).
+Per worker the sampler yields its own shard of windows, so the global batch is
+``num_workers * data.batch_size`` windows. Every ``log_every`` steps the losses and throughput
+are averaged over workers; rank 0 logs them to MLflow (``monitor.MetricSink``, which outlives
+a tracking server that goes away) and writes the progress file the driver's progress bar
+reads. Every ``checkpoint.every_steps`` steps, and at the end, all workers write a checkpoint
+together, then call ``on_checkpoint`` if one is given (a sweep reports there). Between them
+the ``hooks`` (``hooks.py``: validation loss on held-out episodes, short rollouts) run on
+their own schedules.
 
-Resuming: the loop starts from the run directory's latest complete checkpoint (weights,
-optimiser, schedule, data position and RNG), so a restarted worker group, or the whole job
-started again under the same run name, continues the same step count and loss curve. Steps
-that a failed attempt had already logged to MLflow past the checkpoint are not logged again
-(the resumed attempt recomputes them from the same data and RNG state).
+Resuming is the normal path: the loop always starts from the run directory's latest
+complete checkpoint (weights, optimiser, schedule, data position and RNG) if there is one, so
+a restarted worker group, or the whole job started again under the same run name, continues
+the same step count and loss curve. Steps that a failed attempt had already logged to MLflow
+past the checkpoint are not logged again (the resumed attempt recomputes them from the same
+data and RNG state).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,11 @@ from dtmem.training.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from dtmem.training.faults import maybe_fail
+from dtmem.training.monitor import Interval, MetricSink, reduce_interval, write_progress
 from dtmem.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
-    "SimulatedFailure",
     "TrainJob",
     "WorkerContext",
     "build_train_model",
@@ -64,10 +66,6 @@ __all__ = [
     "run_worker",
     "train_step",
 ]
-
-
-class SimulatedFailure(RuntimeError):
-    """Raised by ``fail_at_step`` when training runs in-process (tests of resumption)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +82,7 @@ class TrainJob:
     tracking_uri: str | None = None  # MLflow, logged by rank 0 when run_id is set
     run_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # goes into the exported meta.json
+    resume_step: int = 0  # the step of the checkpoint this attempt starts from (driver's view)
 
 
 @dataclass
@@ -211,91 +210,29 @@ def train_step(
 # --------------------------------------------------------------------------- the loop
 
 
-class _Interval:
-    """Sums over the steps since the last log (on device; read at log time only)."""
+@dataclass
+class _Training:
+    """What one worker trains with, built by ``_setup``."""
 
-    def __init__(self, device: torch.device) -> None:
-        # total, action, return, reward, grad_norm, steps, tokens
-        self.sums = torch.zeros(7, dtype=torch.float64, device=device)
-        self.t0 = time.perf_counter()
-
-    def add(self, parts: LossParts, grad_norm: torch.Tensor, tokens: torch.Tensor) -> None:
-        self.sums += torch.stack(
-            [
-                parts.total.double(),
-                parts.action.double(),
-                parts.returns.double(),
-                parts.reward.double(),
-                grad_norm.double(),
-                torch.ones((), dtype=torch.float64, device=self.sums.device),
-                tokens.double(),
-            ]
-        )
+    model: nn.Module  # DDP-wrapped on Ray
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: Any  # the worker's WindowSampler shard
+    state: dict[str, Any]  # step, loss_history, mlflow_run_id: saved in every checkpoint
 
 
-class _MetricSink:
-    """Rank 0's MLflow logging; steps already logged by a failed attempt are skipped."""
+def _setup(job: TrainJob, ctx: WorkerContext) -> _Training:
+    """Model, optimiser, schedule and data, restored from the latest checkpoint if any."""
+    from dtmem.training.data import build_train_sampler
 
-    def __init__(self, job: TrainJob, rank: int) -> None:
-        self.handle = None
-        self.logged_up_to = 0
-        if rank == 0 and job.run_id is not None and job.tracking_uri is not None:
-            from dtmem.tracking import attach
-
-            self.handle = attach(job.tracking_uri, job.run_id)
-            history = self.handle.metric_history(M.TRAIN_LOSS)
-            self.logged_up_to = max((s for s, _ in history), default=0)
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        if self.handle is not None and step > self.logged_up_to:
-            self.handle.log_metrics(values, step=step)
-
-
-def _maybe_fail(job: TrainJob, ctx: WorkerContext, step: int) -> None:
-    """``fail_at_step`` (testing): the last worker fails once at that step."""
-    at = job.cfg.fail_at_step
-    if at is None or step != at or ctx.rank != ctx.world_size - 1:
-        return
-    marker = Path(job.run_dir) / ".failed_once"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"step {step}\n")
-    if ctx.on_ray:
-        os._exit(1)  # a hard crash of this worker process: Ray restarts the group
-    raise SimulatedFailure(f"fail_at_step: simulated failure at step {step}")
-
-
-def run_worker(
-    job: TrainJob, ctx: WorkerContext, on_checkpoint: Callable[..., None] | None = None
-) -> dict[str, Any]:
-    """Train from the latest checkpoint of ``job.run_dir`` to ``optim.max_steps``.
-
-    ``on_checkpoint(step=, model=, rank=, world_size=, trainer_state=)`` is called on every
-    worker right after each checkpoint is written (every worker at the same steps, so it may
-    run collectives); ``model`` is the (DDP-wrapped) model in training, ``trainer_state`` the
-    saved one (step, loss history, scheduler).
-
-    Returns rank 0's final trainer state (step, loss history); exports the final model to
-    ``<run_dir>/final`` (rank 0).
-    """
-    from dtmem.data.sampler import build_sampler
-    from dtmem.training.report import Progress
-
-    cfg = job.cfg
-    run_dir = Path(job.run_dir)
+    cfg, run_dir = job.cfg, Path(job.run_dir)
     if ctx.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         clean_incomplete(run_dir)
-    model = build_train_model(job)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable == 0:
-        raise RuntimeError("no trainable parameters")
-    model = ctx.prepare_model(model)
-    optimizer = build_optimizer(model, cfg.optim)
+    model = ctx.prepare_model(build_train_model(job))
+    optimizer = build_optimizer(model, cfg.optim)  # raises if nothing is trainable
     scheduler = build_scheduler(optimizer, cfg.optim)
-    sampler = build_sampler(
-        cfg.data, rank=ctx.rank, world_size=ctx.world_size, state_stats=job.state_stats
-    )
+    sampler = build_train_sampler(cfg, ctx.rank, ctx.world_size, job.state_stats)
     state: dict[str, Any] = {"step": 0, "loss_history": [], "mlflow_run_id": job.run_id}
     latest = latest_checkpoint(run_dir)
     if latest is not None:
@@ -309,111 +246,117 @@ def run_worker(
         )
         scheduler.load_state_dict(saved["scheduler"])
         sampler.load_state_dict(sampler_state)
-        state = {k: saved[k] for k in ("step", "loss_history")}
-        state["mlflow_run_id"] = job.run_id
+        state.update({k: saved[k] for k in ("step", "loss_history")})
     else:
         torch.manual_seed(cfg.seed + 1 + ctx.rank)  # dropout differs across workers
     ctx.barrier()  # every worker has read the checkpoint before any writes the next one
+    return _Training(model, optimizer, scheduler, sampler, state)
 
-    autocast = torch.bfloat16 if cfg.scaling.bf16 and ctx.device.type == "cuda" else None
-    tokens_per_step = unwrap_spec(model).tokens_per_step
-    sink = _MetricSink(job, ctx.rank)
-    max_steps = cfg.optim.max_steps
-    progress = Progress(
-        total=max_steps,
-        start=state["step"],
-        enabled=cfg.progress and ctx.rank == 0,
-        stream=sys.__stdout__ if ctx.on_ray else None,
+
+def run_worker(
+    job: TrainJob,
+    ctx: WorkerContext,
+    on_checkpoint: Callable[..., None] | None = None,
+    hooks: tuple[Callable[..., None], ...] | None = None,
+) -> dict[str, Any]:
+    """Train from the latest checkpoint of ``job.run_dir`` to ``optim.max_steps``.
+
+    ``on_checkpoint(step=, model=, rank=, world_size=, trainer_state=)`` is called on every
+    worker right after each checkpoint is written (every worker at the same steps, so it may
+    run collectives); ``model`` is the (DDP-wrapped) model in training, ``trainer_state`` the
+    saved one (step, loss history, scheduler). ``hooks`` are called the same way after every
+    step, with ``log=`` rank 0's metric logger (default: ``hooks.default_hooks(job)``, the
+    validation loss and rollouts the config asks for).
+
+    Returns rank 0's final trainer state (step, loss history); exports the final model to
+    ``<run_dir>/final`` (rank 0).
+    """
+    from dtmem.training.hooks import default_hooks
+
+    cfg, run_dir = job.cfg, Path(job.run_dir)
+    if ctx.on_ray:  # torch's threads match the CPUs Ray gave this worker
+        torch.set_num_threads(max(1, round(cfg.scaling.cpus_per_worker)))
+    t = _setup(job, ctx)
+    hooks = default_hooks(job, ctx) if hooks is None else hooks
+    sink = MetricSink(
+        job.tracking_uri if ctx.rank == 0 else None, job.run_id, run_dir, t.state["step"]
     )
-    batches: Iterator[Batch] = iter(sampler)
-    interval = _Interval(ctx.device)
-    model.train()
-    while state["step"] < max_steps:
+    autocast = torch.bfloat16 if cfg.scaling.bf16 and ctx.device.type == "cuda" else None
+    tokens_per_step = unwrap_spec(t.model).tokens_per_step
+    max_steps = cfg.optim.max_steps
+    batches: Iterator[Batch] = iter(t.sampler)
+    interval = Interval(ctx.device)
+    t.model.train()
+    while t.state["step"] < max_steps:
         batch = next(batches).to(ctx.device, non_blocking=True)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = t.optimizer.param_groups[0]["lr"]
         parts, grad_norm = train_step(
-            model,
-            batch,
-            optimizer,
-            scheduler,
-            grad_clip=cfg.optim.grad_clip,
+            t.model, batch, t.optimizer, t.scheduler, grad_clip=cfg.optim.grad_clip,
             autocast_dtype=autocast,
-        )
-        state["step"] += 1
-        step = state["step"]
+        )  # fmt: skip
+        step = t.state["step"] = t.state["step"] + 1
         interval.add(parts, grad_norm, batch.mask.sum() * tokens_per_step)
         if step % cfg.log_every == 0 or step == max_steps:
-            values = _reduce(interval, ctx, lr)
-            state["loss_history"].append([step, values[M.TRAIN_LOSS]])
+            values = reduce_interval(interval, ctx, lr)
+            t.state["loss_history"].append([step, values[M.TRAIN_LOSS]])
             sink.log(values, step)
-            progress.update(step, values[M.TRAIN_LOSS], values[M.PERF_STEPS_PER_S])
-            interval = _Interval(ctx.device)
+            if ctx.rank == 0:
+                write_progress(run_dir, step=step, total=max_steps, loss=values[M.TRAIN_LOSS],
+                               steps_per_s=values[M.PERF_STEPS_PER_S])  # fmt: skip
+            interval = Interval(ctx.device)
+        for hook in hooks:
+            hook(step=step, model=t.model, log=sink.log)
         if step % cfg.checkpoint.every_steps == 0 or step == max_steps:
-            trainer_state = {**state, "scheduler": scheduler.state_dict()}
-            save_checkpoint(
-                run_dir,
-                step,
-                model=model,
-                model_config=job.model_config,
-                optimizer=optimizer,
-                trainer_state=trainer_state,
-                sampler_state=sampler.state_dict(),
-                state_stats=job.state_stats,
-                rank=ctx.rank,
-                world_size=ctx.world_size,
-                keep_last=cfg.checkpoint.keep_last,
-                barrier=ctx.barrier,
-            )
-            if on_checkpoint is not None:
-                on_checkpoint(
-                    step=step,
-                    model=model,
-                    rank=ctx.rank,
-                    world_size=ctx.world_size,
-                    trainer_state=trainer_state,
-                )
-        _maybe_fail(job, ctx, step)
-    progress.close()
+            _checkpoint(job, ctx, t, on_checkpoint)
+            sink.checkpoint(step)
+        maybe_fail(run_dir, step, ctx.rank, ctx.world_size, ctx.on_ray)
     if ctx.rank == 0:
-        _export_final(job, unwrap(model), state["step"])
+        _export_final(job, unwrap(t.model), t.state["step"])
     ctx.barrier()
-    return state
+    sink.close()
+    return t.state
+
+
+def _checkpoint(
+    job: TrainJob, ctx: WorkerContext, t: _Training, on_checkpoint: Callable[..., None] | None
+) -> None:
+    """Every worker writes its part of the checkpoint at ``t.state["step"]``; then the hook."""
+    step = t.state["step"]
+    trainer_state = {**t.state, "scheduler": t.scheduler.state_dict()}
+    save_checkpoint(
+        job.run_dir,
+        step,
+        model=t.model,
+        model_config=job.model_config,
+        optimizer=t.optimizer,
+        trainer_state=trainer_state,
+        sampler_state=t.sampler.state_dict(),
+        state_stats=job.state_stats,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        keep_last=job.cfg.checkpoint.keep_last,
+        barrier=ctx.barrier,
+    )
+    if on_checkpoint is not None:
+        on_checkpoint(
+            step=step,
+            model=t.model,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            trainer_state=trainer_state,
+        )
 
 
 def unwrap_spec(model: nn.Module) -> Any:
     """The ``ModelSpec`` of a (DDP- or peft-wrapped) DecisionTransformer."""
+    return base_model(model).spec
+
+
+def base_model(model: nn.Module) -> Any:
+    """The DecisionTransformer inside DDP and peft wrappers (peft's adapters stay in it)."""
     inner = unwrap(model)
     get_base = getattr(inner, "get_base_model", None)
-    base = get_base() if callable(get_base) else inner
-    return base.spec
-
-
-def _reduce(interval: _Interval, ctx: WorkerContext, lr: float) -> dict[str, float]:
-    """Mean losses over the interval's steps and workers; throughput of all workers."""
-    sums = ctx.all_reduce_sum(interval.sums.clone()).tolist()
-    rss = ctx.all_reduce_max(torch.tensor([_peak_rss_mb()], dtype=torch.float64))
-    seconds = max(time.perf_counter() - interval.t0, 1e-9)
-    steps = sums[5] / ctx.world_size  # optimiser steps in the interval
-    n = sums[5]  # (worker, step) pairs
-    return {
-        M.TRAIN_LOSS: sums[0] / n,
-        M.TRAIN_LOSS_ACTION: sums[1] / n,
-        M.TRAIN_LOSS_RETURN: sums[2] / n,
-        M.TRAIN_LOSS_REWARD: sums[3] / n,
-        M.TRAIN_GRAD_NORM: sums[4] / n,
-        M.TRAIN_LR: lr,
-        M.PERF_STEPS_PER_S: steps / seconds,
-        M.PERF_TOKENS_PER_S: sums[6] / seconds,
-        M.PERF_PEAK_RSS_MB: float(rss.item()),
-    }
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return get_base() if callable(get_base) else inner
 
 
 def _export_final(job: TrainJob, model: nn.Module, step: int) -> None:

@@ -1,67 +1,104 @@
-"""What a person sees: progress while training, a summary table and a loss-curve PNG."""
+"""What a person sees: one progress bar on the driver, a summary table, a loss-curve PNG."""
 
 from __future__ import annotations
 
-import time
+import logging
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-__all__ = ["Progress", "plot_loss_curve", "summary_table"]
+__all__ = ["ProgressBar", "plot_loss_curve", "quiet_libraries", "summary_table", "ui_hint"]
 
 
-class Progress:
-    """Step, loss, steps/s and time left. A rich progress bar on a terminal; elsewhere (a Ray
-    worker's log, CI) one plain line per update, to ``stream`` (default stdout; Ray Train
-    workers pass the process's real stdout, as Train V2's patched print would log it twice)."""
+def quiet_libraries(verbose: bool) -> None:
+    """Keep Ray's and MLflow's own log lines and download bars out of the terminal (they go
+    on logging at WARNING); ``verbose`` lets everything through."""
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "ray", "ray.train", "ray.tune", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
-    def __init__(
-        self, total: int, start: int = 0, enabled: bool = True, stream: TextIO | None = None
-    ) -> None:
-        self.total, self.enabled, self.stream = total, enabled, stream
-        self._bar: Any = None
-        self._task: Any = None
-        self._console: Any = None
-        if not enabled:
-            return
+
+class ProgressBar:
+    """The driver's one progress bar (step, loss, steps/s, time left), fed by the progress
+    file rank 0 writes (``monitor.write_progress``) and polled from a thread, so it is the
+    same bar whether the loop runs in this process or in Ray Train workers. Not on a
+    terminal (CI, a Ray job's log), a plain line at every tenth of the run instead."""
+
+    def __init__(self, run_dir: Path, total: int, start: int = 0, enabled: bool = True):
+        self.run_dir, self.total, self.enabled = run_dir, total, enabled
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = start
+        self._last_line = start
+
+    def __enter__(self) -> ProgressBar:
+        from dtmem.training.monitor import PROGRESS_FILE
+
+        (self.run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a previous attempt's
+        if self.enabled and self.total > self._start:
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
         from rich.console import Console
 
-        self._console = Console()
-        if self._console.is_terminal and stream is None:
-            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("step {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.2f} steps/s"),
-                TimeRemainingColumn(),
-                console=self._console,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(
-                "train", total=total, completed=start, loss=0.0, rate=0.0
-            )
-        self._t0 = time.perf_counter()
-
-    def update(self, step: int, loss: float, steps_per_s: float) -> None:
-        if not self.enabled:
+        console = Console()
+        if not console.is_terminal:
+            self._poll(self._line)
             return
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, rate=steps_per_s)
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        columns = (
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.2f} steps/s"),
+            TimeRemainingColumn(),
+        )
+        with RichProgress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(
+                "train", total=self.total, completed=self._start, loss=0.0, rate=0.0
+            )
+
+            def show(p: dict[str, Any]) -> None:
+                bar.update(task, completed=p["step"], loss=p["loss"], rate=p["steps_per_s"])
+
+            self._poll(show)
+
+    def _poll(self, show: Any) -> None:
+        from dtmem.training.monitor import read_progress
+
+        seen = None
+        while True:
+            stopping = self._stop.wait(0.5)
+            p = read_progress(self.run_dir)
+            if p is not None and p.get("time") != seen:
+                seen = p.get("time")
+                show(p)
+            if stopping:
+                return
+
+    def _line(self, p: dict[str, Any]) -> None:
+        step, rate = int(p["step"]), float(p["steps_per_s"])
+        if step < self.total and step - self._last_line < max(1, self.total // 10):
             return
-        left = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+        self._last_line = step
+        left = (self.total - step) / rate if rate > 0 else float("nan")
         print(
-            f"step {step}/{self.total}  loss {loss:.4f}  {steps_per_s:.2f} steps/s  "
+            f"step {step}/{self.total}  loss {p['loss']:.4f}  {rate:.2f} steps/s  "
             f"left {_duration(left)}",
-            file=self.stream,
             flush=True,
         )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 def _duration(seconds: float) -> str:
@@ -108,3 +145,15 @@ def plot_loss_curve(history: Sequence[Sequence[float]], path: str | Path, title:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def ui_hint(tracking_uri: str, experiment: str, run_id: str) -> str:
+    """The line that opens the run: ``dtmem ui`` on a local store, the server's page else."""
+    from dtmem.tracking import redact_uri
+
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"run {run_id}: open {redact_uri(tracking_uri).rstrip('/')}/#/experiments (experiment {experiment})"
+    return (
+        f"run {run_id}: see it with `dtmem ui --backend-store-uri {redact_uri(tracking_uri)}` "
+        f"(experiment {experiment})"
+    )
