@@ -7,6 +7,9 @@ and of the first epoch's plan.
 
     python benchmarks/bench_sampler.py            # about a minute on 2 cores
     python benchmarks/bench_sampler.py --quick    # a few seconds
+
+The last lines are ``BENCH sampler_atari_windows_per_s`` and ``BENCH sampler_windows_per_s``
+(the Meta-World-like figure).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def write_atari_like(root: Path, games: int, episodes: int, steps: int) -> list[
     return ids
 
 
-def measure(cfg: DataConfig, batches: int, label: str) -> None:
+def measure(cfg: DataConfig, batches: int, label: str) -> float:
     t0 = time.perf_counter()
     sampler = build_sampler(cfg)
     built = time.perf_counter() - t0
@@ -103,6 +106,7 @@ def measure(cfg: DataConfig, batches: int, label: str) -> None:
         f"stats {built:.2f} s, epoch plan {planned * 1e3:.0f} ms for {per_epoch} batches; "
         f"cache peak {stats['peak_bytes'] / 2**20:.0f} MB, {stats['loads']} episode loads"
     )
+    return windows / seconds
 
 
 def main() -> None:
@@ -129,7 +133,7 @@ def main() -> None:
             f"in {time.perf_counter() - t0:.1f} s"
         )
 
-        measure(
+        mw_rate = measure(
             DataConfig(
                 datasets=[{"id": i} for i in mw_ids],
                 root=str(root),
@@ -141,7 +145,7 @@ def main() -> None:
             batches,
             "Meta-World-like",
         )
-        measure(
+        atari_rate = measure(
             DataConfig(
                 datasets=[{"id": i} for i in atari_ids],
                 root=str(root),
@@ -153,6 +157,8 @@ def main() -> None:
             batches // 4,
             "Atari-like",
         )
+    print(f"BENCH sampler_atari_windows_per_s {atari_rate:.0f}")
+    print(f"BENCH sampler_windows_per_s {mw_rate:.0f}")
 
 
 if __name__ == "__main__":
