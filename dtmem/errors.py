@@ -36,7 +36,12 @@ def redact_text(text: str) -> str:
     """``text`` with every URI in it redacted (``dtmem.tracking.redact_uri``)."""
     from dtmem.tracking import redact_uri
 
-    return _URI.sub(lambda m: redact_uri(m.group(0)), text)
+    def one(match: re.Match[str]) -> str:
+        uri = match.group(0)
+        tail = len(uri) - len(uri.rstrip(".,:;)"))  # sentence punctuation is not the URI's
+        return redact_uri(uri[: len(uri) - tail]) + uri[len(uri) - tail :]
+
+    return _URI.sub(one, text)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -154,7 +154,8 @@ def check_tracking(uri: str) -> None:
     an http(s) server that does not answer, or a sqlite file whose directory is missing or
     not writable. Called before any compute."""
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        # the probe needs no credentials (and urllib cannot take them in the URL)
+        url = redact_uri(uri).split("?")[0].rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=_CONNECT_TIMEOUT_S):
                 pass
