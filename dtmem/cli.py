@@ -2,8 +2,13 @@
 
 Every stage reads ``CONFIG.yaml`` and takes ``--set dotted.key=value`` overrides. Heavy
 libraries (torch, Ray, MLflow, peft) are imported inside the commands, so ``dtmem --help``
-answers at once. Bad input ends with a one-line ``error: ...`` and exit code 2; set
-``DTMEM_DEBUG=1`` for the full traceback.
+answers at once, and each stage says at once what starts and where its results go.
+
+Errors: anything the user can cause and fix (a bad file or field, an unreachable tracking
+server or Ray cluster, a full disk, an unknown model reference) ends in one line
+``error: ...`` and exit code 2; a crash of dtmem itself prints one line saying where the
+full traceback was written, exit code 1 (``dtmem.errors``). ``DTMEM_DEBUG=1`` lets every
+traceback through instead.
 """
 
 from __future__ import annotations
@@ -37,32 +42,86 @@ def _root() -> None:
     """DT-Mem: Decision Transformers with working memory, on Ray and MLflow."""
 
 
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Let Ray's and MLflow's own log lines through.")
+]
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit."""
     typer.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
     raise typer.Exit(code)
 
 
+def _debug() -> bool:
+    return os.environ.get("DTMEM_DEBUG", "") not in ("", "0", "false")
+
+
 def guarded(fn: Callable[[], T]) -> T:
-    """Runs a stage; bad input becomes a one-line error and exit code 2."""
+    """Runs a stage: a user's error becomes one line and exit code 2, a crash one line naming
+    the file that holds its traceback and exit code 1, Ctrl-C exit code 130."""
     try:
         return fn()
-    except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
-        if os.environ.get("DTMEM_DEBUG"):
-            raise
-        fail(str(exc))
-        raise  # unreachable: fail() raises
+    except (typer.Exit, typer.Abort):
+        raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if _debug():
+            raise
+        from dtmem.errors import redact_text, user_error, write_crash_report
+
+        message = user_error(exc)
+        if message is not None:
+            fail(message)
+        report = write_crash_report(exc)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        what = redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+        fail(f"dtmem crashed ({what}); full traceback in {report}", code=1)
+        raise  # unreachable: fail() raises
 
 
-def _stage(module: str, config: Path, overrides: list[str] | None) -> None:
-    """Runs ``<module>.main(config, overrides)`` behind the one-line error guard."""
+def announce(stage: str, config: Path, overrides: list[str]) -> None:
+    """Say at once what starts and where its results go (before the heavy imports). Only a
+    peek at the YAML: a file that cannot be read is left for the stage to report."""
+    from dtmem.config.base import ConfigError, apply_overrides
+    from dtmem.tracking import TrackingError, redact_uri, resolve_tracking_uri
+
+    try:
+        import yaml
+
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
+        tracking = data.get("tracking") or {}
+        uri = redact_uri(resolve_tracking_uri(tracking.get("uri")))
+        experiment = tracking.get("experiment", "dtmem")
+    except (
+        OSError,
+        UnicodeDecodeError,
+        yaml.YAMLError,
+        ConfigError,
+        TrackingError,
+        AttributeError,
+    ):
+        return
+    typer.echo(
+        f"dtmem {stage} {config}: results to MLflow {uri}, experiment {experiment!r}", err=True
+    )
+
+
+def _stage(
+    module: str, config: Path, overrides: list[str] | None, *, verbose: bool = False
+) -> None:
+    """Runs ``<module>.main(config, overrides)`` behind the one-line error guard;
+    ``verbose`` becomes the override ``verbose=true`` (configs that have the field)."""
     import importlib
 
+    sets = list(overrides or []) + (["verbose=true"] if verbose else [])
+    announce(module.rsplit(".", 1)[-1], config, sets)
+
     def go() -> None:
-        importlib.import_module(module).main(config, list(overrides or []))
+        importlib.import_module(module).main(config, sets)
 
     guarded(go)
 
@@ -74,15 +133,15 @@ def collect(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def pretrain(config: ConfigArg, set_: SetOpt = None) -> None:
+def pretrain(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Pretrain DT-Mem (or a plain DT) data-parallel on Ray Train, tracked in MLflow."""
-    _stage("pipelines.pretrain", config, set_)
+    _stage("pipelines.pretrain", config, set_, verbose=verbose)
 
 
 @app.command()
-def finetune(config: ConfigArg, set_: SetOpt = None) -> None:
+def finetune(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Fine-tune a pretrained model on a held-out task: LoRA on the memory, full, or frozen."""
-    _stage("pipelines.finetune", config, set_)
+    _stage("pipelines.finetune", config, set_, verbose=verbose)
 
 
 @app.command()
@@ -152,13 +211,34 @@ def sweep(
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish the sweep of this name (after a crash).")
     ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Sweep config fields (memory slots, LoRA rank/alpha/dropout, ...) with Ray Tune + ASHA."""
+    announce("sweep", config, list(set_ or []))
 
     def go() -> None:
         from tuning.sweep import main as sweep_main
 
-        sweep_main(config, list(set_ or []), resume)
+        sweep_main(config, list(set_ or []), resume, verbose)
+
+    guarded(go)
+
+
+@app.command("convert-rllib")
+def convert_rllib(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="RLlib algorithm checkpoint directories.")
+    ],
+) -> None:
+    """Make RLlib checkpoints usable by `dtmem collect`: writes each one's acting module as
+    safetensors + JSON beside it. This UNPICKLES the checkpoints, which runs any code they
+    hold: use it only on checkpoints you trust."""
+
+    def go() -> None:
+        from dtmem.collect.rllib_agent import export_checkpoint
+
+        for checkpoint in checkpoints:
+            typer.echo(f"exported {checkpoint} -> {export_checkpoint(checkpoint)}")
 
     guarded(go)
 
