@@ -293,6 +293,63 @@ def _load_step_arrays(replay_dir: Path, checkpoint: int) -> dict[str, np.ndarray
     return arrays
 
 
+def _check_step_arrays(
+    replay_dir: Path, checkpoint: int, steps: dict[str, np.ndarray], n_actions: int
+) -> None:
+    """Finite rewards, actions that index the action set."""
+    check_finite(steps["reward"], "rewards", str(replay_file(replay_dir, "reward", checkpoint)))
+    act = steps["action"]
+    if act.dtype.kind not in "iu" or (act.size and (act.min() < 0 or act.max() >= n_actions)):
+        raise DatasetFormatError(
+            f"{replay_file(replay_dir, 'action', checkpoint)}: actions must be integers in "
+            f"[0, {n_actions}) (the minimal action set), got {act.dtype} in "
+            f"[{act.min()}, {act.max()}]"
+        )
+
+
+def _check_frames(
+    replay_dir: Path, checkpoint: int, frames_in: NpyGzReader, steps: dict[str, np.ndarray]
+) -> None:
+    """(n, 84, 84) uint8 frames, and as many entries in every other array."""
+    obs_path = replay_file(replay_dir, "observation", checkpoint)
+    if frames_in.shape[1:] != FRAME_SHAPE or frames_in.dtype != np.uint8:
+        raise DatasetFormatError(
+            f"{obs_path}: expected (n, 84, 84) uint8 frames, got {frames_in.dtype}{frames_in.shape}"
+        )
+    n = frames_in.num_rows
+    for name, values in steps.items():
+        if len(values) != n:
+            raise DatasetFormatError(
+                f"{replay_file(replay_dir, name, checkpoint)}: {len(values)} entries, but "
+                f"{obs_path.name} has {n} frames"
+            )
+
+
+class _FrameStream:
+    """Slots [a, b) of a checkpoint's observation stream, read ``chunk_frames`` at a time;
+    requests never go backwards, so at most one chunk is held."""
+
+    def __init__(self, frames_in: NpyGzReader, chunk_frames: int) -> None:
+        self._in = frames_in
+        self._chunk_frames = chunk_frames
+        self._chunk = np.zeros((0, *FRAME_SHAPE), dtype=np.uint8)
+        self._start = 0  # slot index of chunk[0]
+
+    def frames(self, a: int, b: int) -> np.ndarray:
+        """(b - a, 84, 84) uint8, a copy."""
+        parts = []
+        i = a
+        while i < b:
+            if i >= self._start + len(self._chunk):
+                self._start += len(self._chunk)
+                self._chunk = self._in.read(self._chunk_frames)
+                continue
+            lo, hi = i - self._start, min(b, self._start + len(self._chunk)) - self._start
+            parts.append(self._chunk[lo:hi])
+            i = self._start + hi
+        return np.concatenate(parts, axis=0)
+
+
 def _checkpoint_episodes(
     replay_dir: Path,
     checkpoint: int,
@@ -305,61 +362,23 @@ def _checkpoint_episodes(
     """Complete episodes of one checkpoint, in order, streaming its observations."""
     steps = _load_step_arrays(replay_dir, checkpoint)
     act, rew, term = steps["action"], steps["reward"], steps["terminal"]
-    obs_path = replay_file(replay_dir, "observation", checkpoint)
-    check_finite(rew, "rewards", str(replay_file(replay_dir, "reward", checkpoint)))
-    act_path = replay_file(replay_dir, "action", checkpoint)
-    if act.dtype.kind not in "iu" or (act.size and (act.min() < 0 or act.max() >= len(action_set))):
-        raise DatasetFormatError(
-            f"{act_path}: actions must be integers in [0, {len(action_set)}) (the minimal "
-            f"action set), got {act.dtype} in [{act.min()}, {act.max()}]"
-        )
-    with NpyGzReader(obs_path) as frames_in:
-        if frames_in.shape[1:] != FRAME_SHAPE or frames_in.dtype != np.uint8:
-            raise DatasetFormatError(
-                f"{obs_path}: expected (n, 84, 84) uint8 frames, got "
-                f"{frames_in.dtype}{frames_in.shape}"
-            )
-        n = frames_in.num_rows
-        for name, values in steps.items():
-            if len(values) != n:
-                raise DatasetFormatError(
-                    f"{replay_file(replay_dir, name, checkpoint)}: {len(values)} entries, but "
-                    f"{obs_path.name} has {n} frames"
-                )
+    _check_step_arrays(replay_dir, checkpoint, steps, len(action_set))
+    with NpyGzReader(replay_file(replay_dir, "observation", checkpoint)) as frames_in:
+        _check_frames(replay_dir, checkpoint, frames_in, steps)
         bounds, dropped = episode_bounds(term, first_is_complete=checkpoint == 0)
         counters["dropped_partial_slots"] += dropped
-
-        chunk = np.zeros((0, *FRAME_SHAPE), dtype=np.uint8)
-        chunk_start = 0  # slot index of chunk[0]
-
-        def frames(a: int, b: int) -> np.ndarray:
-            """Slots [a, b) of the observation stream (a never goes backwards)."""
-            nonlocal chunk, chunk_start
-            parts = []
-            i = a
-            while i < b:
-                if i >= chunk_start + len(chunk):
-                    chunk_start += len(chunk)
-                    chunk = frames_in.read(chunk_frames)
-                    continue
-                lo, hi = i - chunk_start, min(b, chunk_start + len(chunk)) - chunk_start
-                parts.append(chunk[lo:hi])
-                i = chunk_start + hi
-            return np.concatenate(parts, axis=0)  # (b - a, 84, 84), a copy
-
+        stream = _FrameStream(frames_in, chunk_frames)
         for a, b in bounds:
-            f = frames(a, b)  # (T, 84, 84)
+            f = stream.frames(a, b)  # (T, 84, 84)
             k = strip_padding(f, act[a:b], rew[a:b], max_pad)
             counters["stripped_padding"] += k
             T = b - a - k
             observations = np.concatenate([f[k:], np.zeros((1, *FRAME_SHAPE), np.uint8)])
-            terminations = np.zeros(T, dtype=bool)
-            terminations[-1] = True
             yield Episode(
                 observations=observations,  # (T+1, 84, 84), last frame zeros
                 actions=action_set[act[a + k : b].astype(np.int64)],  # full-set indices
                 rewards=rew[a + k : b].astype(np.float32),
-                terminations=terminations,
+                terminations=np.r_[np.zeros(T - 1, dtype=bool), True],
                 truncations=np.zeros(T, dtype=bool),
             )
         frames_in.drain(chunk_frames)  # verify the rest of the file is intact
@@ -367,6 +386,51 @@ def _checkpoint_episodes(
 
 # ---------------------------------------------------------------------------------------------
 # Importer
+
+
+def _action_mapping(game: str, action_set: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """Replay action index -> full 18-action index: ``action_set``, else the game's minimal set."""
+    mapping = (
+        minimal_action_set(game)
+        if action_set is None
+        else np.asarray(list(action_set), dtype=np.int64)
+    )
+    if mapping.size == 0 or mapping.min() < 0 or mapping.max() >= NUM_FULL_ACTIONS:
+        raise DataError(f"game {game}: action_set must be indices into the 18 ALE actions")
+    return mapping
+
+
+def _wanted_checkpoints(replay_dir: Path, checkpoints: Sequence[int] | None) -> list[int]:
+    """``checkpoints`` in ascending order (default: every complete one), each checked present."""
+    available = list_checkpoints(replay_dir)
+    wanted = sorted(checkpoints) if checkpoints is not None else available
+    for ckpt in wanted:
+        if ckpt not in available:
+            raise DataError(
+                f"{replay_file(replay_dir, 'observation', ckpt)}: checkpoint {ckpt} "
+                f"missing (or incomplete) in {replay_dir}"
+            )
+    return wanted
+
+
+def _dqn_writer(
+    dataset_id: str, game: str, root: str | os.PathLike[str] | None, overwrite: bool
+) -> DatasetWriter:
+    import gymnasium as gym
+
+    return DatasetWriter(
+        dataset_id,
+        observation_space=gym.spaces.Box(0, 255, FRAME_SHAPE, np.uint8),
+        action_space=gym.spaces.Discrete(NUM_FULL_ACTIONS),
+        env_id=f"ALE/{game}-v5",
+        task=game,
+        root=root,
+        env_spec=atari_env_spec(game, repeat_action_probability=0.25),  # Dopamine's sticky actions
+        overwrite=overwrite,
+        description=f"DQN Replay ({game}), imported by dtmem.data.dqn_replay",
+        algorithm_name="DQN (Dopamine), DQN Replay dataset",
+        author="Agarwal, Schuurmans, Norouzi (DQN Replay Dataset), imported by dtmem",
+    )
 
 
 def import_dqn_replay(
@@ -394,45 +458,20 @@ def import_dqn_replay(
     Returns the dataset's ``DatasetInfo`` (with its content hash). A read-only or nearly full
     dataset root is refused (``dtmem.fileio.DiskError``) before anything is read.
     """
-    import gymnasium as gym
-
     check_dataset_root(root)
     dirs = replay_dirs(path, runs)
     game = game or _game_name(dirs[0])
-    mapping = (
-        minimal_action_set(game)
-        if action_set is None
-        else np.asarray(list(action_set), dtype=np.int64)
-    )
-    if mapping.size == 0 or mapping.min() < 0 or mapping.max() >= NUM_FULL_ACTIONS:
-        raise DataError(f"game {game}: action_set must be indices into the 18 ALE actions")
+    mapping = _action_mapping(game, action_set)
     counters = {"dropped_partial_slots": 0, "stripped_padding": 0}
     sources: list[dict[str, Any]] = []
-    writer = DatasetWriter(
-        dataset_id,
-        observation_space=gym.spaces.Box(0, 255, FRAME_SHAPE, np.uint8),
-        action_space=gym.spaces.Discrete(NUM_FULL_ACTIONS),
-        env_id=f"ALE/{game}-v5",
-        task=game,
-        root=root,
-        env_spec=atari_env_spec(game, repeat_action_probability=0.25),  # Dopamine's sticky actions
-        overwrite=overwrite,
-        description=f"DQN Replay ({game}), imported by dtmem.data.dqn_replay",
-        algorithm_name="DQN (Dopamine), DQN Replay dataset",
-        author="Agarwal, Schuurmans, Norouzi (DQN Replay Dataset), imported by dtmem",
-    )
-    with writer:
+
+    def full() -> bool:
+        return max_steps is not None and writer.num_steps >= max_steps
+
+    with _dqn_writer(dataset_id, game, root, overwrite) as writer:
         for replay_dir in dirs:
-            available = list_checkpoints(replay_dir)
-            wanted = sorted(checkpoints) if checkpoints is not None else available
-            for ckpt in wanted:
-                if ckpt not in available:
-                    raise DataError(
-                        f"{replay_file(replay_dir, 'observation', ckpt)}: checkpoint {ckpt} "
-                        f"missing (or incomplete) in {replay_dir}"
-                    )
-            for ckpt in wanted:
-                if max_steps is not None and writer.num_steps >= max_steps:
+            for ckpt in _wanted_checkpoints(replay_dir, checkpoints):
+                if full():
                     break
                 sources.append({"replay_dir": str(replay_dir), "checkpoint": ckpt})
                 for episode in _checkpoint_episodes(
@@ -444,7 +483,7 @@ def import_dqn_replay(
                     counters=counters,
                 ):
                     writer.add_episode(episode)
-                    if max_steps is not None and writer.num_steps >= max_steps:
+                    if full():
                         break
         writer.set_metadata(source=sources, action_set=mapping.tolist(), counts=counters)
     assert writer.info is not None
