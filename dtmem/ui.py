@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from types import FrameType
 
-from dtmem.tracking import resolve_tracking_uri
+from dtmem.tracking import redact_uri, resolve_tracking_uri
 
 __all__ = ["UIError", "run_ui", "server_command", "wait_until_up"]
 
@@ -111,7 +111,7 @@ def run_ui(
     if uri.startswith("sqlite:///"):
         db_dir = os.path.dirname(uri[len("sqlite:///") :]) or "."
         if not os.path.isdir(db_dir):
-            raise UIError(f"{uri}: directory {db_dir} does not exist")
+            raise UIError(f"{redact_uri(uri)}: directory {db_dir} does not exist")
     _check_port_free(host, port)
     url = f"http://{_local_host(host)}:{port}"
 
@@ -126,7 +126,7 @@ def run_ui(
     )
     try:
         wait_until_up(url, proc, start_timeout_s)
-        say(f"MLflow UI: {url}   (store: {uri}; Ctrl-C to stop)")
+        say(f"MLflow UI: {url}   (store: {redact_uri(uri)}; Ctrl-C to stop)")
         return proc.wait()
     except KeyboardInterrupt:
         return 0
