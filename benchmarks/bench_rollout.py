@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from dtmem.config.model import MemoryConfig, ModelConfig
+from dtmem.dt_policy import DTPolicy
 from dtmem.envs import VectorEnv, step_randomly
 from dtmem.envs.atari import make_atari_env
 from dtmem.envs.metaworld import make_metaworld_env
 from dtmem.model import build_model
-from dtmem.rollout import DTPolicy, naive_rollout, rollout
+from dtmem.naive_rollout import naive_rollout
+from dtmem.rollout import rollout
 
 
 @dataclass(frozen=True)

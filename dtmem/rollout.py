@@ -1,68 +1,38 @@
-"""Rollouts: a plain function of (policy, env, target) -> per-episode statistics. No Ray.
+"""The one episode loop: a policy in a vector env, a list of episodes to run. No Ray.
 
-Timing convention: at step t the policy sees s_t and the K-1 steps before it, and picks a_t;
-the env answers with r_t and s_{t+1}. The model's window for step t holds steps
-t-K+1 .. t exactly as a training window does (dtmem/batch.py): right-padded while the episode
-is shorter than K, the action and reward slots of step t holding 0 (the model never reads
-a_t or r_t to predict a_t), and every window starting again from the model's initial memory.
+Evaluation (``DTPolicy``, per-episode statistics) and collection (a behaviour policy, every
+transition recorded) both run it; they differ only in the policy and in the ``Recorder``.
 
-Return conditioning, per env:
-
-- A fixed target (Meta-World): R_t = target - (r_0 + .. + r_{t-1}), fed as R_t /
-  ``model.spec.return_scale``. With MDT's return bins (an Atari model given a number), R_t
-  counts sign(r) as MDT's returns do and is fed as its bin.
-- ``target=None``, MDT's expert-return sampling (Atari): the return head at step t (read at
-  the last observation token, so it does not see R_t) gives logits over the 120 return bins;
-  ``num_return_samples`` (128) candidates are drawn from softmax(logits * 0.75), MDT's
-  ``return_temperature=0.75``, which *multiplies* the logits (a true temperature of 1/0.75);
-  candidates below R_{t-1} - sign(r_{t-1}) (the previous condition less what was just
-  earned) are dropped, the largest remaining one is taken per env (the authors' port takes
-  one maximum across all envs: a bug), and the previous value is kept if none remains.
-  The window is then run again with R_t in place to read the action.
-- Actions (discrete): MDT samples at ``action_inverse_temperature=1.0`` from the logits
-  strictly above their 50th percentile (the rest set to -inf); ``greedy=True`` takes the
-  argmax instead (and the most likely return bin). Continuous actions are the tanh output.
+Timing convention: at step t the policy sees s_t and picks a_t; the env answers with r_t and
+s_{t+1}. Episode ``e`` of the list runs on whichever env slot is free first, reset with its
+own seed; the policy is told ``reset(slot, condition)`` (a target return, or a collection
+plan) before its first step. When every episode has started, a slot whose episode ends goes
+idle: it is still stepped (the vector env steps all its copies) and reset unseeded whenever
+it ends, but the policy is told it is inactive and nothing of it is counted or recorded.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
-import torch
 
-from dtmem.data.windows import StateStats, normalize_states
-from dtmem.envs import EnvSpec, VectorEnv
-from dtmem.model import DecisionTransformer, DTOutput, ModelSpec
+from dtmem.envs import VectorEnv, VectorStep
 
 __all__ = [
-    "DTPolicy",
+    "EpisodeStart",
     "EpisodeStats",
     "FunctionPolicy",
-    "IncompatibleModelError",
-    "InvalidTargetError",
     "Policy",
-    "check_compatible",
-    "check_state_stats",
-    "naive_rollout",
-    "preprocess",
-    "return_bins",
-    "reward_classes",
+    "Recorder",
     "rollout",
-    "sample_action",
-    "sample_expert_return",
+    "run_episodes",
 ]
 
-
-class InvalidTargetError(ValueError):
-    """A target return that cannot condition this model (NaN, infinite, or missing)."""
-
-
-class IncompatibleModelError(ValueError):
-    """A model whose observation or action space does not fit the env."""
+C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -79,12 +49,20 @@ class EpisodeStats:
     truncated: bool
 
 
-class Policy(Protocol):
-    """What ``rollout`` drives: one slot per env of the vector env."""
+@dataclass(frozen=True)
+class EpisodeStart(Generic[C]):
+    """An episode to run: its env seed and what the policy is reset with."""
 
-    def reset(self, index: int, target: float | None) -> None:
-        """Env ``index`` starts a new episode, conditioned on ``target`` (None: the policy's
-        own choice, e.g. MDT's expert-return sampling)."""
+    seed: int
+    condition: C
+
+
+class Policy(Protocol[C_contra]):
+    """What the loop drives: one slot per env of the vector env."""
+
+    def reset(self, index: int, condition: C_contra) -> None:
+        """Slot ``index`` starts a new episode with ``condition`` (a target return, None for
+        the policy's own choice, or a collection plan)."""
         ...
 
     def act(self, observations: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -97,368 +75,58 @@ class Policy(Protocol):
         ...
 
 
-def check_target(target: float | None) -> None:
-    if target is not None and not math.isfinite(target):
-        raise InvalidTargetError(f"target return must be a finite number or None, got {target}")
+class Recorder(Protocol):
+    """What is kept of each episode besides its statistics (collection: every transition)."""
 
+    def start(self, slot: int, episode: int, observation: np.ndarray) -> None:
+        """Episode ``episode`` starts on ``slot`` with its first observation."""
+        ...
 
-def check_compatible(model_spec: ModelSpec, env_spec: EnvSpec) -> None:
-    """Raise IncompatibleModelError unless the model's observation and action spaces fit."""
-    name = env_spec.name
-    if tuple(model_spec.obs_shape) != tuple(env_spec.observation_shape):
-        raise IncompatibleModelError(
-            f"{name}: model observations {tuple(model_spec.obs_shape)} but the env gives "
-            f"{tuple(env_spec.observation_shape)}"
-        )
-    if model_spec.action_kind != env_spec.action_kind:
-        raise IncompatibleModelError(
-            f"{name}: model has {model_spec.action_kind} actions, the env {env_spec.action_kind}"
-        )
-    if env_spec.action_kind == "discrete" and model_spec.num_actions != env_spec.num_actions:
-        raise IncompatibleModelError(
-            f"{name}: model has {model_spec.num_actions} actions, the env {env_spec.num_actions}"
-        )
-    if env_spec.action_kind == "continuous" and model_spec.act_dim != env_spec.act_dim:
-        raise IncompatibleModelError(
-            f"{name}: model actions have {model_spec.act_dim} dims, the env's {env_spec.act_dim}"
-        )
-
-
-def check_state_stats(state_stats: StateStats | None, env_spec: EnvSpec) -> None:
-    """State statistics must be for vector observations of the env's width."""
-    if state_stats is None:
-        return
-    if len(env_spec.observation_shape) != 1:
-        raise IncompatibleModelError(
-            f"{env_spec.name}: state statistics apply to vector observations, not "
-            f"{env_spec.observation_shape} frames"
-        )
-    if state_stats.mean.shape != env_spec.observation_shape:
-        raise IncompatibleModelError(
-            f"{env_spec.name}: state statistics of width {state_stats.mean.shape[0]}, "
-            f"observations of {env_spec.observation_shape[0]}"
-        )
-
-
-def preprocess(observations: np.ndarray, state_stats: StateStats | None) -> np.ndarray:
-    """Observations as training windows hold them: vector states standardised with the
-    training data's statistics when it used them (dtmem.data.windows.normalize_states),
-    Atari frames untouched (uint8; the model divides by 255)."""
-    if state_stats is None:
-        return observations
-    return normalize_states(observations, state_stats)
-
-
-# --- pure helpers: MDT's encodings and sampling -------------------------------------------
-
-
-def return_bins(returns: torch.Tensor, return_min: int, num_bins: int) -> torch.Tensor:
-    """Returns (any shape, in MDT units) -> int64 bins: round, clip to the range, shift."""
-    return (torch.round(returns) - return_min).clamp(0, num_bins - 1).long()
-
-
-def reward_classes(rewards: torch.Tensor) -> torch.Tensor:
-    """Raw rewards (any shape) -> MDT's reward classes, int64: 0 none, 1 positive, 3 negative."""
-    return (rewards > 0).long() + 3 * (rewards < 0).long()
-
-
-def sample_expert_return(
-    return_logits: torch.Tensor,
-    floor: torch.Tensor,
-    *,
-    num_samples: int,
-    inverse_temperature: float,
-    greedy: bool,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """MDT's optimistic return: the largest of ``num_samples`` bins drawn per env.
-
-    return_logits (B, bins); floor (B,) int64, the lowest bin allowed (-1: none).
-    Samples come from softmax(return_logits * inverse_temperature); those below ``floor``
-    are dropped and the maximum is taken per env (row), or ``floor`` if none is left.
-    ``greedy`` replaces the samples by the single most likely bin. -> (B,) int64.
-    """
-    if greedy:
-        best = return_logits.argmax(dim=-1)  # (B,)
-    else:
-        probs = torch.softmax(return_logits.float() * inverse_temperature, dim=-1)  # (B, bins)
-        draws = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-        best = draws.max(dim=-1).values  # (B,): one maximum per env
-    return torch.maximum(best, floor)
-
-
-def sample_action(
-    logits: torch.Tensor,
-    *,
-    top_percentile: float,
-    inverse_temperature: float,
-    greedy: bool,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """MDT's action sample: logits (B, A) -> (B,) int64.
-
-    Logits not strictly above their ``top_percentile`` percentile (linear interpolation, as
-    ``jnp.percentile``) are set to -inf, then one action is drawn from
-    softmax(logits * inverse_temperature). Where MDT would keep nothing (all logits tied at
-    the top), the tied maxima are kept. ``greedy`` takes the argmax.
-    """
-    if greedy:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    cut = torch.quantile(logits, top_percentile / 100.0, dim=-1, keepdim=True)  # (B, 1)
-    keep = (logits > cut) | (logits == logits.max(dim=-1, keepdim=True).values)
-    masked = torch.where(keep, logits * inverse_temperature, -torch.inf)
-    probs = torch.softmax(masked, dim=-1)  # (B, A)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-# --- the batched policy ---------------------------------------------------------------
-
-
-class DTPolicy:
-    """A Decision Transformer acting in ``env.num_envs`` envs at once.
-
-    Keeps, per env, the last K steps as the model's inputs: observation *tokens* (each frame
-    is encoded once, when it arrives, with ``model.encode_observations``), return-to-go,
-    action, reward and timestep. Each ``act`` encodes only the new observations and runs
-    ``model.forward_tokens`` once on the windows of all active envs together (twice with
-    expert-return sampling: once for the return head, once for the action). ``state_stats``:
-    the training data's state statistics when it standardised vector states (None: raw).
-    Puts the model in eval mode.
-    """
-
-    def __init__(
-        self,
-        model: DecisionTransformer,
-        env: VectorEnv,
-        *,
-        greedy: bool = False,
-        seed: int = 0,
-        state_stats: StateStats | None = None,
-        num_return_samples: int = 128,
-        return_inverse_temperature: float = 0.75,
-        action_inverse_temperature: float = 1.0,
-        action_top_percentile: float = 50.0,
+    def record(
+        self, slots: np.ndarray, actions: np.ndarray, step: VectorStep, truncated: np.ndarray
     ) -> None:
-        spec = model.spec
-        check_compatible(spec, env.spec)
-        check_state_stats(state_stats, env.spec)
-        self.state_stats = state_stats
-        self.model = model.eval()
-        self.spec = spec
-        self.greedy = greedy
-        self.num_return_samples = num_return_samples
-        self.return_inverse_temperature = return_inverse_temperature
-        self.action_inverse_temperature = action_inverse_temperature
-        self.action_top_percentile = action_top_percentile
-        self.device = next(model.parameters()).device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        """One step of the active ``slots``: the actions taken (N, ...), the env's answer
+        (before any reset) and, per slot, whether a time limit ended the episode (N,)."""
+        ...
 
-        N, K = env.num_envs, spec.context
-        self.bins = spec.return_bins > 0
-        discrete = spec.action_kind == "discrete"
-
-        def zeros(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros(shape, dtype=dtype, device=self.device)
-
-        self.obs_tokens: torch.Tensor | None = None  # (N, K, n_obs, d), allocated on first use
-        self.returns_to_go = zeros((N, K), torch.long if self.bins else torch.float32)
-        self.actions = zeros((N, K), torch.long) if discrete else zeros((N, K, spec.act_dim))
-        self.rewards = zeros((N, K), torch.long if self.bins else torch.float32)
-        self.timesteps = zeros((N, K), torch.long)
-        self.length = np.zeros(N, dtype=np.int64)  # steps in each env's window, <= K
-        self.t = np.zeros(N, dtype=np.int64)  # episode step of each env's next observation
-        self.remaining = np.zeros(N)  # fixed target: the return still to collect
-        self.expert = np.zeros(N, dtype=bool)  # expert-return sampling instead of a target
-        self.floor = np.full(N, -1, dtype=np.int64)  # expert: lowest bin allowed next step
-        self._rows = np.zeros(0, dtype=np.int64)  # envs of the last act ...
-        self._pos = np.zeros(0, dtype=np.int64)  # ... and the window slot of their step
-
-    def reset(self, index: int, target: float | None) -> None:
-        check_target(target)
-        if target is None and not self.bins:
-            raise InvalidTargetError(
-                "this model has no return head: give a target return (target=None samples "
-                "an expert return, which needs an Atari model with return bins)"
-            )
-        self.length[index] = 0
-        self.t[index] = 0
-        self.expert[index] = target is None
-        self.remaining[index] = 0.0 if target is None else target
-        self.floor[index] = -1
-        for buf in self._buffers():
-            buf[index].zero_()
-
-    def _buffers(self) -> list[torch.Tensor]:
-        bufs = [self.returns_to_go, self.actions, self.rewards, self.timesteps]
-        return bufs if self.obs_tokens is None else [self.obs_tokens, *bufs]
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray, active: np.ndarray) -> np.ndarray:
-        rows = np.flatnonzero(active)
-        K = self.spec.context
-        # Slide full windows left by one step to make room.
-        full = rows[self.length[rows] == K]
-        if full.size:
-            f = torch.as_tensor(full, device=self.device)
-            for buf in self._buffers():
-                buf[f, :-1] = buf[f, 1:]  # advanced indexing copies the right-hand side
-            self.length[full] -= 1
-        pos = self.length[rows].copy()  # window slot of step t, per active env
-        self.length[rows] += 1
-
-        r = torch.as_tensor(rows, device=self.device)
-        p = torch.as_tensor(pos, device=self.device)
-        new = preprocess(np.asarray(observations)[rows], self.state_stats)
-        obs = torch.as_tensor(new, device=self.device)
-        tokens = self.model.encode_observations(obs.unsqueeze(1))[:, 0]  # (B, n_obs, d)
-        if self.obs_tokens is None:
-            self.obs_tokens = tokens.new_zeros((len(self.length), K, *tokens.shape[1:]))
-        self.obs_tokens[r, p] = tokens
-        self.timesteps[r, p] = torch.as_tensor(self.t[rows], device=self.device)
-        self.actions[r, p] = 0
-        self.rewards[r, p] = 0
-
-        expert = self.expert[rows]
-        self.returns_to_go[r, p] = self._fixed_condition(rows).to(self.returns_to_go.dtype)
-        L = int(self.length[rows].max())  # the longest window among them; the rest is padding
-        b = torch.arange(len(rows), device=self.device)
-        if expert.any():
-            out = self._forward(r, L)
-            assert out.return_logits is not None
-            floor = torch.as_tensor(self.floor[rows], device=self.device)
-            sampled = sample_expert_return(
-                out.return_logits[b, p],
-                floor,
-                num_samples=self.num_return_samples,
-                inverse_temperature=self.return_inverse_temperature,
-                greedy=self.greedy,
-                generator=self.generator,
-            )
-            e = torch.as_tensor(expert, device=self.device)
-            self.returns_to_go[r, p] = torch.where(e, sampled, self.returns_to_go[r, p])
-        out = self._forward(r, L)
-        logits = out.action[b, p]  # (B, A) logits or (B, act_dim)
-        if self.spec.action_kind == "discrete":
-            chosen = sample_action(
-                logits,
-                top_percentile=self.action_top_percentile,
-                inverse_temperature=self.action_inverse_temperature,
-                greedy=self.greedy,
-                generator=self.generator,
-            )
-        else:
-            chosen = logits
-        self.actions[r, p] = chosen.to(self.actions.dtype)
-        self._rows, self._pos = rows, pos
-
-        chosen_np = chosen.cpu().numpy()
-        actions = np.zeros((len(self.length), *chosen_np.shape[1:]), dtype=chosen_np.dtype)
-        actions[rows] = chosen_np
-        return actions
-
-    def _fixed_condition(self, rows: np.ndarray) -> torch.Tensor:
-        """The model input for a fixed target: the remaining return, scaled or binned."""
-        remaining = torch.as_tensor(self.remaining[rows], device=self.device)
-        if self.bins:
-            return return_bins(remaining, self.spec.return_min, self.spec.return_bins)
-        return (remaining / self.spec.return_scale).float()
-
-    def _forward(self, r: torch.Tensor, L: int) -> DTOutput:
-        """The model on rows ``r`` of the context, first L steps (B, L, ...)."""
-        assert self.obs_tokens is not None
-        if len(r) == len(self.length):  # every env active: views, no gather
-            return self.model.forward_tokens(
-                self.obs_tokens[:, :L],
-                self.returns_to_go[:, :L],
-                self.actions[:, :L],
-                self.rewards[:, :L],
-                self.timesteps[:, :L],
-            )
-        return self.model.forward_tokens(
-            self.obs_tokens[r, :L],
-            self.returns_to_go[r, :L],
-            self.actions[r, :L],
-            self.rewards[r, :L],
-            self.timesteps[r, :L],
-        )
-
-    def observe(self, rewards: np.ndarray) -> None:
-        rows, pos = self._rows, self._pos
-        raw = np.asarray(rewards, dtype=np.float64)[rows]
-        r = torch.as_tensor(rows, device=self.device)
-        p = torch.as_tensor(pos, device=self.device)
-        raw_t = torch.as_tensor(raw, device=self.device)
-        if self.bins:
-            self.rewards[r, p] = reward_classes(raw_t)
-            earned = np.sign(raw)  # MDT's returns count reward events
-            condition = self.returns_to_go[r, p].cpu().numpy()
-            self.floor[rows] = np.where(
-                self.expert[rows], np.clip(condition - earned, 0, self.spec.return_bins - 1), -1
-            )
-        else:
-            self.rewards[r, p] = raw_t.float()
-            earned = raw
-        self.remaining[rows] -= earned
-        self.t[rows] += 1
+    def finish(self, slot: int, stats: EpisodeStats) -> None:
+        """The episode on ``slot`` ended; ``stats`` are its statistics."""
+        ...
 
 
-class FunctionPolicy:
-    """A stateless per-observation function as a ``Policy`` (e.g. a Meta-World expert)."""
-
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.fn = fn
-
-    def reset(self, index: int, target: float | None) -> None:
-        check_target(target)
-
-    def act(self, observations: np.ndarray, active: np.ndarray) -> np.ndarray:
-        out = [
-            np.asarray(self.fn(o)) if a else None for o, a in zip(observations, active, strict=True)
-        ]
-        first = next(x for x in out if x is not None)
-        return np.stack([x if x is not None else np.zeros_like(first) for x in out])
-
-    def observe(self, rewards: np.ndarray) -> None:
-        pass
-
-
-# --- the rollout loop ----------------------------------------------------------------
-
-
-def rollout(
-    policy: Policy,
+def run_episodes(
+    policy: Policy[C],
     env: VectorEnv,
-    target: float | None,
+    episodes: Sequence[EpisodeStart[C]],
     *,
-    num_episodes: int,
-    seed: int = 0,
     max_steps: int | None = None,
+    recorder: Recorder | None = None,
 ) -> list[EpisodeStats]:
-    """Run exactly ``num_episodes`` episodes on the env's ``num_envs`` copies.
+    """Run every episode of ``episodes`` to its end; returns their statistics in list order.
 
-    Episode e runs with env seed ``seed + e`` on whichever env is free first. When an env's
-    episode ends and all episodes have started, the env goes idle: it is still stepped (the
-    vector env steps all its copies) and reset, unseeded, whenever it ends, but the policy is
-    told it is inactive and its steps count nowhere. ``max_steps`` caps an episode's agent
-    steps (Atari: 5000), marking it truncated. Returns the statistics in episode order.
+    ``max_steps`` caps an episode's agent steps (Atari: 5000), marking it truncated.
     """
-    check_target(target)
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
-    n = env.num_envs
-    obs = env.reset([seed + i for i in range(n)])
-    episode_of = np.full(n, -1, dtype=np.int64)  # episode each env runs; -1: idle
-    started = min(n, num_episodes)
-    for i in range(started):
-        episode_of[i] = i
-        policy.reset(i, target)
+    n, total = env.num_envs, len(episodes)
+    if total == 0:
+        return []
+    obs = env.reset([episodes[i].seed if i < total else i for i in range(n)])
+    episode_of = np.full(n, -1, dtype=np.int64)  # episode each slot runs; -1: idle
     ep_return = np.zeros(n)
     ep_length = np.zeros(n, dtype=np.int64)
     ep_success = np.zeros(n, dtype=bool)
-    results: list[EpisodeStats | None] = [None] * num_episodes
+    results: list[EpisodeStats | None] = [None] * total
+
+    def start(slot: int, e: int, first: np.ndarray) -> None:
+        episode_of[slot] = e
+        policy.reset(slot, episodes[e].condition)
+        if recorder is not None:
+            recorder.start(slot, e, first)
+
+    started = min(n, total)
+    for i in range(started):
+        start(i, i, obs[i])
 
     while (episode_of >= 0).any():
         active = episode_of >= 0
@@ -470,23 +138,27 @@ def rollout(
         if step.success is not None:
             ep_success |= step.success & active
         timed_out = ep_length >= max_steps if max_steps is not None else np.zeros(n, bool)
+        truncated = step.truncated | (timed_out & ~step.terminated)
+        if recorder is not None:
+            recorder.record(np.flatnonzero(active), actions, step, truncated)
         done = active & (step.terminated | step.truncated | timed_out)
         obs = step.observations.copy()
         for i in np.flatnonzero(done).tolist():
             e = int(episode_of[i])
-            results[e] = EpisodeStats(
+            results[e] = stats = EpisodeStats(
                 episode=e,
-                seed=seed + e,
+                seed=episodes[e].seed,
                 episode_return=float(ep_return[i]),
                 length=int(ep_length[i]),
                 success=bool(ep_success[i]) if step.success is not None else None,
                 truncated=bool(not step.terminated[i]),
             )
+            if recorder is not None:
+                recorder.finish(i, stats)
             ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, False
-            if started < num_episodes:
-                episode_of[i] = started
-                obs[i] = env.reset_at(i, seed + started)
-                policy.reset(i, target)
+            if started < total:
+                obs[i] = env.reset_at(i, episodes[started].seed)
+                start(i, started, obs[i])
                 started += 1
             else:
                 episode_of[i] = -1
@@ -497,118 +169,41 @@ def rollout(
     return [s for s in results if s is not None]
 
 
-@torch.no_grad()
-def naive_rollout(
-    model: DecisionTransformer,
+def rollout(
+    policy: Policy[float | None],
     env: VectorEnv,
     target: float | None,
     *,
     num_episodes: int,
     seed: int = 0,
     max_steps: int | None = None,
-    greedy: bool = False,
-    state_stats: StateStats | None = None,
-    num_return_samples: int = 128,
-    return_inverse_temperature: float = 0.75,
-    action_inverse_temperature: float = 1.0,
-    action_top_percentile: float = 50.0,
 ) -> list[EpisodeStats]:
-    """The reference: one env, episodes one after another, and at every step the whole window
-    rebuilt from the episode's history and run through ``model(...)`` (no token cache, no
-    batching). Same seeds and conditioning as ``rollout(DTPolicy(...), ...)``.
-    """
+    """Evaluation's call of the loop: ``num_episodes`` episodes, episode e with env seed
+    ``seed + e``, every one conditioned on ``target`` (None: the policy's own choice)."""
+    from dtmem.dt_policy import check_target
+
     check_target(target)
-    if env.num_envs != 1:
-        raise ValueError(f"naive_rollout runs one env, got {env.num_envs}")
-    spec = model.spec
-    check_compatible(spec, env.spec)
-    check_state_stats(state_stats, env.spec)
-    if target is None and spec.return_bins == 0:
-        raise InvalidTargetError("this model has no return head: give a target return")
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    bins, K = spec.return_bins > 0, spec.context
-    results = []
-    for e in range(num_episodes):
-        obs = env.reset_at(0, seed + e) if e else env.reset([seed])[0]
-        history: dict[str, list[Any]] = {k: [] for k in ("obs", "rtg", "act", "rew")}
-        remaining, floor = (0.0 if target is None else target), -1
-        total, success, t = 0.0, False, 0
-        while True:
-            history["obs"].append(preprocess(obs, state_stats))
-            history["act"].append(np.zeros(spec.act_dim) if spec.act_dim else 0)
-            history["rew"].append(0.0)
-            if bins:
-                rtg = return_bins(torch.tensor(remaining), spec.return_min, spec.return_bins)
-                history["rtg"].append(int(rtg))
-            else:
-                history["rtg"].append(remaining / spec.return_scale)
-
-            if target is None:
-                out = model(*_naive_window(history, t, K, spec, device))
-                ret = sample_expert_return(
-                    out.return_logits[:, -1],
-                    torch.tensor([floor], device=device),
-                    num_samples=num_return_samples,
-                    inverse_temperature=return_inverse_temperature,
-                    greedy=greedy,
-                    generator=generator,
-                )
-                history["rtg"][-1] = int(ret[0])
-            out = model(*_naive_window(history, t, K, spec, device))
-            if spec.action_kind == "discrete":
-                action = sample_action(
-                    out.action[:, -1],
-                    top_percentile=action_top_percentile,
-                    inverse_temperature=action_inverse_temperature,
-                    greedy=greedy,
-                    generator=generator,
-                )
-                history["act"][-1] = int(action[0])
-            else:
-                action = out.action[:, -1]
-                history["act"][-1] = action[0].cpu().numpy()
-            step = env.step(action.cpu().numpy())
-            reward = float(step.rewards[0])
-            history["rew"][-1] = reward
-            total += reward
-            success |= bool(step.success[0]) if step.success is not None else False
-            earned = float(np.sign(reward)) if bins else reward
-            remaining -= earned
-            if target is None:
-                floor = int(np.clip(history["rtg"][-1] - earned, 0, spec.return_bins - 1))
-            t += 1
-            obs = step.observations[0]
-            timed_out = max_steps is not None and t >= max_steps
-            if step.terminated[0] or step.truncated[0] or timed_out:
-                results.append(
-                    EpisodeStats(
-                        episode=e,
-                        seed=seed + e,
-                        episode_return=total,
-                        length=t,
-                        success=success if step.success is not None else None,
-                        truncated=bool(not step.terminated[0]),
-                    )
-                )
-                break
-    return results
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    starts = [EpisodeStart(seed + e, target) for e in range(num_episodes)]
+    return run_episodes(policy, env, starts, max_steps=max_steps)
 
 
-def _naive_window(
-    history: dict[str, list[Any]], t: int, K: int, spec: ModelSpec, device: torch.device
-) -> tuple[torch.Tensor, ...]:
-    """Steps max(0, t-K+1) .. t of the episode as one window (B=1), in dtmem/batch.py's format."""
-    lo = max(0, t + 1 - K)
-    obs = torch.as_tensor(np.stack(history["obs"][lo:]), device=device)[None]  # (1, L, *obs)
-    rtg = torch.tensor([history["rtg"][lo:]], device=device)  # (1, L)
-    act = torch.tensor(np.array([history["act"][lo:]]), device=device)  # (1, L) or (1, L, A)
-    rew = torch.tensor([history["rew"][lo:]], device=device, dtype=torch.float64)  # (1, L)
-    if spec.return_bins:
-        rtg, rew = rtg.long(), reward_classes(rew)
-    else:
-        rtg, rew = rtg.float(), rew.float()
-    act = act.long() if spec.action_kind == "discrete" else act.float()
-    timesteps = torch.arange(lo, t + 1, device=device)[None]  # (1, L)
-    return obs, rtg, act, rew, timesteps
+class FunctionPolicy:
+    """A stateless per-observation function as a ``Policy`` (e.g. a Meta-World expert)."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.fn = fn
+
+    def reset(self, index: int, condition: Any) -> None:
+        pass
+
+    def act(self, observations: np.ndarray, active: np.ndarray) -> np.ndarray:
+        out = [
+            np.asarray(self.fn(o)) if a else None for o, a in zip(observations, active, strict=True)
+        ]
+        first = next(x for x in out if x is not None)
+        return np.stack([x if x is not None else np.zeros_like(first) for x in out])
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass

@@ -3,7 +3,9 @@ written by this process as one Minari dataset per task.
 
 Set up: validate the config, check the tracking store, find which datasets already exist
 (one made by this same config is reused; another one is an error unless ``overwrite``),
-train the RLlib agents whose checkpoints are missing (Atari), start the actors.
+start the actors (on the actor pool shared with evaluation, before the MLflow run so that
+their start-up overlaps it; with RLlib, after training the agents whose checkpoints are
+missing, which need the same CPUs).
 Run: the tasks' episodes are cut into chunks of consecutive indices and handed to whichever
 actor is free (two queued per actor); each chunk comes back whole, and every task's episodes
 are written in index order by its own ``DatasetWriter`` as soon as the next one is in, so
@@ -16,6 +18,7 @@ as complete when it is not; a re-run reuses the complete ones and does the rest.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +27,7 @@ from dtmem.collect.driver import (
     CollectResult,
     DatasetSummary,
     check_checkpoints,
+    collect_pool,
     collect_tasks,
     existing_summary,
     report,
@@ -51,14 +55,20 @@ def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> Collec
     if cfg.policy.rllib is not None and not cfg.policy.rllib.train_missing:
         check_checkpoints(cfg, todo)
 
-    with start_run(cfg.tracking, stage="collect", config=cfg) as run:
+    with ExitStack() as stack:
+        pool = None
+        if todo:
+            ray = stack.enter_context(ray_session())
+            if cfg.policy.rllib is None:  # start the actors now, while MLflow starts its run
+                pool = stack.enter_context(collect_pool(cfg, ray))
+        run = stack.enter_context(start_run(cfg.tracking, stage="collect", config=cfg))
         written: dict[str, DatasetSummary] = {}
         counts = (0, 0, 0.0)
         if todo:
-            with ray_session() as ray:
-                if cfg.policy.rllib is not None:
-                    train_agents(cfg, todo, run, console)
-                written, counts = collect_tasks(cfg, todo, root, ray, run, console)
+            if pool is None:  # RLlib: the agents train first, on the CPUs the actors take
+                train_agents(cfg, todo, run, console)
+                pool = stack.enter_context(collect_pool(cfg, ray))
+            written, counts = collect_tasks(cfg, todo, root, pool, run, console)
         summaries = [written.get(t) or reused[t] for t in cfg.tasks]
         report(summaries, run, console, root)
     return CollectResult(summaries, run.run_id, *counts)

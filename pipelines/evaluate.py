@@ -1,5 +1,6 @@
 """``dtmem evaluate CONFIG``: a checkpoint on Atari games and Meta-World tasks, by a pool of
-Ray actors, tracked in MLflow (stage "evaluate").
+Ray actors (or in this process when one worker is all the pool would be), tracked in MLflow
+(stage "evaluate").
 
 Set up (every check before any actor starts: names, tracking store, checkpoint, model against
 every env, targets), run (``dtmem.evaluation.evaluate``), clean up (metrics, per-task and
@@ -43,7 +44,6 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
         requests_from_config,
         table_rows,
     )
-    from dtmem.ray_session import ray_session
     from dtmem.tracking import check_tracking, resolve_tracking_uri, start_run
     from dtmem.training.checkpoint import load_checkpoint_model
 
@@ -70,22 +70,20 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
             f"return {mean:.2f} ({unit.seconds:.1f} s, pid {unit.pid})"
         )
 
-    # Run.
+    # Run (Ray actors, entered through dtmem.ray_session, or in this process: see open_pool).
     with start_run(cfg.tracking, stage=STAGE, config=cfg, tags=tags) as run:
-        with ray_session():
-            result = evaluate(
-                payload,
-                requests,
-                num_actors=cfg.num_actors,
-                envs_per_actor=cfg.envs_per_actor,
-                seed=cfg.seed,
-                greedy=cfg.greedy,
-                cpus_per_actor=cfg.cpus_per_actor,
-                max_failures=cfg.max_actor_failures,
-                bootstrap_resamples=cfg.bootstrap_resamples,
-                crash_marker=cfg.crash_marker,
-                on_result=progress,
-            )
+        result = evaluate(
+            payload,
+            requests,
+            num_actors=cfg.num_actors,
+            envs_per_actor=cfg.envs_per_actor,
+            seed=cfg.seed,
+            greedy=cfg.greedy,
+            cpus_per_actor=cfg.cpus_per_actor,
+            max_failures=cfg.max_actor_failures,
+            bootstrap_resamples=cfg.bootstrap_resamples,
+            on_result=progress,
+        )
         # Clean up: metrics at the checkpoint's step, tables, chart.
         run.log_metrics(metrics_of(result), step=step)
         run.log_table(table_rows(result), TABLE_ARTIFACT)

@@ -193,3 +193,24 @@ def test_step_randomly_counts_every_env_step_and_resets_finished_envs() -> None:
         assert sorted(resets) == [0, 1]
     finally:
         env.close()
+
+
+def test_env_cache_builds_each_task_once_and_serves_fewer_envs_from_its_head():
+    from dtmem.envs import EnvCache, env_id, env_spec
+
+    cache = EnvCache(keep=1)
+    try:
+        env = cache.get("metaworld", "reach-v3", 3, seed=0)
+        assert env.spec == env_spec("metaworld", "reach-v3")
+        head = cache.get("metaworld", "reach-v3", 2, seed=0)
+        assert cache.builds == 1 and head.num_envs == 2
+        full = env.reset([5, 6, 7])
+        np.testing.assert_array_equal(head.reset([5, 6]), full[:2])  # the same first envs
+        assert cache.get("metaworld", "reach-v3", 3, seed=0) is env and cache.builds == 1
+        cache.get("metaworld", "push-v3", 1, seed=0)  # keep=1: reach's envs are closed
+        cache.get("metaworld", "reach-v3", 3, seed=0)
+        assert cache.builds == 3
+    finally:
+        cache.close()
+    assert env_id("metaworld", "reach-v3") == "Meta-World/reach-v3"
+    assert env_id("atari", "Pong") == "ALE/Pong-v5"

@@ -24,13 +24,12 @@ from dtmem.config.evaluate import EvaluateConfig
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.config.tracking import TrackingConfig
 from dtmem.data.windows import StateStats
+from dtmem.dt_policy import IncompatibleModelError, InvalidTargetError
+from dtmem.envs import env_spec
 from dtmem.envs.atari import UnknownGameError, make_atari_env
 from dtmem.envs.metaworld import ML45_TEST_TASKS, UnknownTaskError, make_metaworld_env
+from dtmem.eval_worker import CRASH_MARKER_ENV
 from dtmem.evaluation import (
-    EVAL_IQM_HUMAN,
-    EVAL_IQM_HUMAN_HIGH,
-    EVAL_IQM_HUMAN_LOW,
-    EVAL_SUCCESS_RATE_MEAN,
     DuplicateTaskError,
     EvalResult,
     EvaluationError,
@@ -39,15 +38,20 @@ from dtmem.evaluation import (
     TaskRequest,
     aggregate,
     check_requests,
-    env_spec,
     episode_seed,
     evaluate,
     make_units,
     requests_from_config,
 )
-from dtmem.metrics import eval_metric
+from dtmem.metrics import (
+    EVAL_IQM_HUMAN,
+    EVAL_IQM_HUMAN_HIGH,
+    EVAL_IQM_HUMAN_LOW,
+    EVAL_SUCCESS_RATE_MEAN,
+    eval_metric,
+)
 from dtmem.model import build_model
-from dtmem.rollout import EpisodeStats, IncompatibleModelError, InvalidTargetError
+from dtmem.rollout import EpisodeStats
 from dtmem.scores import dqn_normalized_score, human_normalized_score, iqm
 from dtmem.tracking import start_run
 from dtmem.training.checkpoint import export_model
@@ -303,6 +307,20 @@ def test_config_refuses_nan_target_and_empty_request(tmp_path: Path) -> None:
         load_config(EvaluateConfig, path, ["num_actorz=3"])
 
 
+def test_scheduler_keeps_a_worker_on_its_task_and_spreads_new_workers() -> None:
+    """A free worker takes its own task's next unit; a fresh one an unstarted task's."""
+    reqs = [TaskRequest("metaworld", t, 4, 5, 1.0) for t in ("reach-v3", "push-v3")]
+    take = evaluation._scheduler(make_units(reqs, seed=0, chunk=2))
+    a, b = take(None), take(None)
+    assert a is not None and b is not None
+    assert (a.key, b.key) == (("reach-v3", 0), ("push-v3", 0))
+    c = take("push-v3")
+    assert c is not None and c.key == ("push-v3", 2)
+    d = take("push-v3")  # push-v3 has none left: the first queued unit
+    assert d is not None and d.key == ("reach-v3", 2)
+    assert take(None) is None
+
+
 def test_worker_without_ray_is_deterministic_per_unit() -> None:
     """The same unit gives the same episodes on a fresh worker (what a retry relies on)."""
     payload = _payload(_meta_config(), _stats())
@@ -317,6 +335,7 @@ def test_worker_without_ray_is_deterministic_per_unit() -> None:
         w1.close()
         w2.close()
     assert a.key == ("reach-v3", 2) and [e.episode for e in a.episodes] == [2, 3]
+    assert w1.envs.builds == 1  # warm: the second chunk ran on the first chunk's envs
     assert a.episodes == b.episodes
     assert [e.seed for e in a.episodes] == [episode_seed(2, "reach-v3", e) for e in (2, 3)]
     assert all(e.length == 6 and e.truncated for e in a.episodes)
@@ -370,7 +389,28 @@ def test_results_do_not_depend_on_actor_count(baseline: EvalResult, store: dict[
     loaded = ModelPayload.of(*_load(store["dir"]))
     req = requests_from_config(_meta_cfg(store))
     one = evaluate(loaded, req, num_actors=1, envs_per_actor=2, seed=4)
+    assert one.actors == 1
     assert _returns(one, "reach-v3") == _returns(baseline, "reach-v3")
+
+
+def test_in_process_pool_without_ray_gives_the_same_episodes_and_stays_warm(
+    baseline: EvalResult, store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Ray cluster and a pool of one: the worker runs in this process (Ray would only add
+    its start-up); two calls on the same pool reuse its envs."""
+    monkeypatch.setattr(evaluation, "_ray_running", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    loaded = ModelPayload.of(*_load(store["dir"]))
+    req = requests_from_config(_meta_cfg(store))
+    threads = torch.get_num_threads()
+    with evaluation.open_pool(loaded, num_actors=1, envs_per_actor=2) as pool:
+        assert pool.in_process
+        first = pool.evaluate(req, seed=4)
+        second = pool.evaluate(req, seed=4)
+        assert pool.pool.worker.envs.builds == 1  # type: ignore[union-attr]
+    assert torch.get_num_threads() == threads  # the worker gave the setting back
+    assert _returns(first, "reach-v3") == _returns(baseline, "reach-v3")
+    assert _returns(second, "reach-v3") == _returns(baseline, "reach-v3")
 
 
 def _load(path: Path) -> tuple[Any, ...]:
@@ -381,10 +421,11 @@ def _load(path: Path) -> tuple[Any, ...]:
 
 
 def test_killed_actor_is_replaced_and_episodes_stay_exact(
-    baseline: EvalResult, store: dict[str, Any], tmp_path: Path
+    baseline: EvalResult, store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "crashed"
-    result = run_evaluate(_meta_cfg(store, crash_marker=str(marker)))
+    monkeypatch.setenv(CRASH_MARKER_ENV, str(marker))  # a test switch, not a config field
+    result = run_evaluate(_meta_cfg(store))
     assert marker.exists()  # one actor claimed it and died mid-episode
     assert result.actors_replaced == 1
     t = result.task("reach-v3")
@@ -393,17 +434,13 @@ def test_killed_actor_is_replaced_and_episodes_stay_exact(
     assert _returns(result, "reach-v3") == _returns(baseline, "reach-v3")  # same seeds
 
 
-def test_too_many_actor_deaths_raise(ray_session: Any, tmp_path: Path) -> None:
+def test_too_many_actor_deaths_raise(
+    ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     req = [TaskRequest("metaworld", "reach-v3", 2, 4, 100.0)]
+    monkeypatch.setenv(CRASH_MARKER_ENV, str(tmp_path / "m"))
     with pytest.raises(EvaluationError, match="died 1 times"):
-        evaluate(
-            _payload(_meta_config()),
-            req,
-            num_actors=1,
-            envs_per_actor=2,
-            max_failures=0,
-            crash_marker=str(tmp_path / "m"),
-        )
+        evaluate(_payload(_meta_config()), req, num_actors=1, envs_per_actor=2, max_failures=0)
 
 
 def test_atari_on_actors(ray_session: Any) -> None:
@@ -454,6 +491,7 @@ def test_cli_bad_input_one_line_exit_2(
     args = ["evaluate", str(path)] + [x for o in overrides for x in ("--set", o)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 2, out.output
-    lines = [line for line in out.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert message in lines[0]
+    # one error line (the CLI may first say what starts), no traceback
+    errors = [line for line in out.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in out.output
+    assert message in errors[0]

@@ -14,22 +14,14 @@ import torch
 from dtmem.batch import Batch
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.data.windows import StateStats, normalize_states
+from dtmem.dt_policy import DTPolicy, IncompatibleModelError, InvalidTargetError
 from dtmem.envs import EnvSpec, VectorStep
 from dtmem.envs.atari import make_atari_env
 from dtmem.envs.metaworld import make_metaworld_env
+from dtmem.mdt_sampling import return_bins, reward_classes, sample_action, sample_expert_return
 from dtmem.model import build_model
-from dtmem.rollout import (
-    DTPolicy,
-    FunctionPolicy,
-    IncompatibleModelError,
-    InvalidTargetError,
-    naive_rollout,
-    return_bins,
-    reward_classes,
-    rollout,
-    sample_action,
-    sample_expert_return,
-)
+from dtmem.naive_rollout import naive_rollout
+from dtmem.rollout import FunctionPolicy, rollout
 
 
 @pytest.fixture(autouse=True)

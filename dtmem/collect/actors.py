@@ -1,9 +1,10 @@
-"""The episode recorder, the worker that owns envs and policies, and its Ray actor.
+"""The episode recorder and the worker that owns envs and policies. No Ray.
 
-``record_episodes`` is a plain loop (no Ray): a behaviour policy in a vector env, episodes
-started in plan order on whichever slot is free, each recorded whole as an ``Episode``.
-``CollectWorker`` keeps the envs and policy of the task it is working on and runs plans for
-it; ``remote_worker`` wraps it as a Ray actor, the only Ray code here.
+``record_episodes`` runs the one episode loop (``dtmem.rollout.run_episodes``, the same as
+evaluation's) with a behaviour policy and an ``EpisodeRecorder``: episodes started in plan
+order on whichever slot is free, each recorded whole as an ``Episode``. ``CollectWorker``
+keeps the envs and policies of its last tasks and runs ``CollectChunk``s; the driver runs it
+on the pool shared with evaluation (``dtmem.actor_pool``).
 
 What is stored per step (the dataset format, ``dataset_spaces``):
 
@@ -22,13 +23,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dtmem.collect.policies import BehaviourPolicy, EpisodePlan, make_policy
 from dtmem.data.episodes import Episode
-from dtmem.envs import VectorEnv
+from dtmem.envs import EnvCache, EnvSpec, Suite, VectorEnv, VectorStep
+from dtmem.rollout import EpisodeStart, EpisodeStats, run_episodes
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -36,16 +38,13 @@ if TYPE_CHECKING:
     from dtmem.config.collect import PolicyConfig
 
 __all__ = [
+    "CollectChunk",
     "CollectWorker",
+    "EpisodeRecorder",
     "EpisodeResult",
     "dataset_spaces",
-    "env_id",
-    "make_env",
     "record_episodes",
-    "remote_worker",
 ]
-
-Suite = Literal["metaworld", "atari"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,62 @@ class EpisodeResult:
     success: bool | None
 
 
+class EpisodeRecorder:
+    """The loop's ``Recorder`` for collection: every transition of every episode, kept
+    whole and returned as ``EpisodeResult``s in plan order (``results``).
+
+    ``frame`` maps one env observation to the stored one (Atari: the newest frame of the
+    stack). ``autoreset``: the env's observation on a terminal step already belongs to a new
+    episode, so the final stored observation is zeros.
+    """
+
+    def __init__(
+        self,
+        plans: Sequence[EpisodePlan],
+        num_envs: int,
+        *,
+        frame: Callable[[np.ndarray], np.ndarray] = lambda o: o,
+        autoreset: bool = False,
+    ) -> None:
+        self.plans = plans
+        self.frame = frame
+        self.autoreset = autoreset
+        self.results: list[EpisodeResult | None] = [None] * len(plans)
+        self._episode = [-1] * num_envs
+        self._bufs: list[dict[str, list[Any]]] = [{} for _ in range(num_envs)]
+
+    def start(self, slot: int, episode: int, observation: np.ndarray) -> None:
+        self._episode[slot] = episode
+        self._bufs[slot] = {
+            "obs": [np.array(self.frame(observation))],  # a copy: the loop reuses its rows
+            "act": [],
+            "rew": [],
+            "term": [],
+            "trunc": [],
+            "success": [False],
+        }
+
+    def record(
+        self, slots: np.ndarray, actions: np.ndarray, step: VectorStep, truncated: np.ndarray
+    ) -> None:
+        for i in slots.tolist():
+            b = self._bufs[i]
+            b["act"].append(actions[i])
+            b["rew"].append(step.rewards[i])
+            if step.success is not None:
+                b["success"].append(bool(step.success[i]))
+            final = np.array(self.frame(step.observations[i]))
+            if self.autoreset and (step.terminated[i] or step.truncated[i]):
+                final = np.zeros_like(final)
+            b["obs"].append(final)
+            b["term"].append(bool(step.terminated[i]))
+            b["trunc"].append(bool(truncated[i]))
+
+    def finish(self, slot: int, stats: EpisodeStats) -> None:
+        e = self._episode[slot]
+        self.results[e] = _finish(self.plans[e], self._bufs[slot], stats.success)
+
+
 def record_episodes(
     env: VectorEnv,
     policy: BehaviourPolicy,
@@ -67,84 +122,25 @@ def record_episodes(
     frame: Callable[[np.ndarray], np.ndarray] = lambda o: o,
     autoreset: bool = False,
 ) -> list[EpisodeResult]:
-    """Run every plan to its end on the env's slots; returns the episodes in plan order.
+    """Run every plan to its end with the one episode loop (``dtmem.rollout.run_episodes``)
+    and record it whole; returns the episodes in plan order.
 
-    Timing: at step t the policy sees s_t and picks a_t; the env answers r_t, s_{t+1}.
-    An episode ends when the env terminates or truncates it, or after ``max_steps`` actions
-    (truncated). ``frame`` maps one env observation to the stored one (Atari: the newest
-    frame of the stack). ``autoreset``: the env's observation on a terminal step already
-    belongs to a new episode, so the final stored observation is zeros. Slots with no plan
-    left are still stepped (action 0) and reset when they end, to stay steppable.
+    Episode ``plan`` resets its env with ``plan.env_seed`` and the policy with the plan. An
+    episode ends when the env terminates or truncates it, or after ``max_steps`` actions
+    (truncated). ``frame`` and ``autoreset``: see ``EpisodeRecorder``.
     """
-    n = env.num_envs
-    if not plans:
-        return []
-    first = [plans[i].env_seed if i < len(plans) else i for i in range(n)]
-    obs = env.reset(first)
-    plan_of = np.full(n, -1, dtype=np.int64)  # index into plans of each slot; -1 idle
-    bufs: list[dict[str, list[Any]]] = [{} for _ in range(n)]
-
-    def start(slot: int, p: int, first_obs: np.ndarray) -> None:
-        plan_of[slot] = p
-        policy.reset(slot, plans[p])
-        bufs[slot] = {
-            "obs": [np.array(frame(first_obs))],  # a copy: ``obs`` rows are overwritten
-            "act": [],
-            "rew": [],
-            "term": [],
-            "trunc": [],
-            "success": [False],
-        }
-
-    started = min(n, len(plans))
-    for i in range(started):
-        start(i, i, obs[i])
-    results: list[EpisodeResult | None] = [None] * len(plans)
-
-    while (plan_of >= 0).any():
-        active = plan_of >= 0
-        actions = policy.act(obs, active)
-        step = env.step(actions)
-        obs = step.observations.copy()
-        for i in np.flatnonzero(active).tolist():
-            b = bufs[i]
-            b["act"].append(actions[i])
-            b["rew"].append(step.rewards[i])
-            if step.success is not None:
-                b["success"].append(bool(step.success[i]))
-            env_ended = bool(step.terminated[i] or step.truncated[i])
-            capped = max_steps is not None and len(b["act"]) >= max_steps
-            final = np.array(frame(obs[i]))
-            if env_ended and autoreset:
-                final = np.zeros_like(final)
-            b["obs"].append(final)
-            b["term"].append(bool(step.terminated[i]))
-            b["trunc"].append(bool(step.truncated[i]) or (capped and not step.terminated[i]))
-            if not (env_ended or capped):
-                continue
-            p = int(plan_of[i])
-            results[p] = _finish(plans[p], b, with_success=step.success is not None)
-            if started < len(plans):
-                obs[i] = env.reset_at(i, plans[started].env_seed)
-                start(i, started, obs[i])
-                started += 1
-            else:
-                plan_of[i] = -1
-                obs[i] = env.reset_at(i, i)
-        for i in np.flatnonzero(~active & (step.terminated | step.truncated)).tolist():
-            obs[i] = env.reset_at(i, i)  # idle, but keep it steppable
-    assert all(r is not None for r in results)
-    return [r for r in results if r is not None]
+    recorder = EpisodeRecorder(plans, env.num_envs, frame=frame, autoreset=autoreset)
+    starts = [EpisodeStart(p.env_seed, p) for p in plans]
+    run_episodes(policy, env, starts, max_steps=max_steps, recorder=recorder)
+    assert all(r is not None for r in recorder.results)
+    return [r for r in recorder.results if r is not None]
 
 
-def _finish(plan: EpisodePlan, b: dict[str, list[Any]], *, with_success: bool) -> EpisodeResult:
+def _finish(plan: EpisodePlan, b: dict[str, list[Any]], success: bool | None) -> EpisodeResult:
     rewards = np.asarray(b["rew"], dtype=np.float64)
     infos = {}
-    success = None
-    if with_success:
-        flags = np.asarray(b["success"], dtype=bool).reshape(-1, 1)  # (T+1, 1)
-        infos["success"] = flags
-        success = bool(flags.any())
+    if success is not None:
+        infos["success"] = np.asarray(b["success"], dtype=bool).reshape(-1, 1)  # (T+1, 1)
     episode = Episode(
         observations=np.stack(b["obs"]),  # (T+1, *obs)
         actions=np.stack(b["act"]),  # (T,) or (T, A)
@@ -157,22 +153,6 @@ def _finish(plan: EpisodePlan, b: dict[str, list[Any]], *, with_success: bool) -
 
 
 # --- suites: envs and the stored format -----------------------------------------------------
-
-
-def make_env(suite: Suite, task: str, num_envs: int, *, seed: int) -> VectorEnv:
-    """``num_envs`` copies of ``task``. Meta-World: MT1 with goals from ``seed``."""
-    if suite == "metaworld":
-        from dtmem.envs.metaworld import make_metaworld_env
-
-        return make_metaworld_env(task, num_envs, seed=seed)
-    from dtmem.envs.atari import make_atari_env
-
-    return make_atari_env(task, num_envs, num_threads=1)
-
-
-def env_id(suite: Suite, task: str) -> str:
-    """The id recorded in the dataset: ``Meta-World/reach-v3`` or ``ALE/Breakout-v5``."""
-    return f"Meta-World/{task}" if suite == "metaworld" else f"ALE/{task}-v5"
 
 
 def dataset_spaces(suite: Suite) -> tuple[gym.spaces.Box, gym.spaces.Space[Any]]:
@@ -197,9 +177,25 @@ def _newest_frame(stack: np.ndarray) -> np.ndarray:
 # --- the worker and its actor ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CollectChunk:
+    """A work unit: consecutive episodes of one task, by their plans."""
+
+    task: str
+    plans: tuple[EpisodePlan, ...]
+
+    @property
+    def affinity(self) -> str:
+        return self.task
+
+
 class CollectWorker:
-    """Owns ``envs_per_actor`` envs and a policy per task (the last two tasks are kept, so a
-    worker moving along the task list builds each task's envs once) and records plans."""
+    """Records chunks of episodes; the body of a collection actor (``dtmem.actor_pool``).
+
+    Keeps the envs (``EnvCache``) and the policy of the last two tasks, so a worker moving
+    along the task list builds each task's envs once; a chunk smaller than
+    ``envs_per_actor`` runs on as many envs as it has episodes where the env allows it.
+    """
 
     def __init__(
         self,
@@ -220,39 +216,30 @@ class CollectWorker:
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
-        self._cache: OrderedDict[str, tuple[VectorEnv, BehaviourPolicy]] = OrderedDict()
+        self.envs = EnvCache(keep=2)
+        self._policies: OrderedDict[str, BehaviourPolicy] = OrderedDict()
 
-    def _get(self, task: str) -> tuple[VectorEnv, BehaviourPolicy]:
-        if task not in self._cache:
-            env = make_env(self.suite, task, self.envs_per_actor, seed=self.env_seed)
-            policy = make_policy(self.policy_cfg, env.spec, self.envs_per_actor, task)
-            self._cache[task] = (env, policy)
-            while len(self._cache) > 2:
-                _, (old, _) = self._cache.popitem(last=False)
-                old.close()
-        self._cache.move_to_end(task)
-        return self._cache[task]
+    def _policy(self, task: str, spec: EnvSpec) -> BehaviourPolicy:
+        if task not in self._policies:
+            self._policies[task] = make_policy(self.policy_cfg, spec, self.envs_per_actor, task)
+            while len(self._policies) > 2:
+                self._policies.popitem(last=False)
+        self._policies.move_to_end(task)
+        return self._policies[task]
 
-    def run(self, task: str, plans: Sequence[EpisodePlan]) -> list[EpisodeResult]:
-        env, policy = self._get(task)
+    def run(self, chunk: CollectChunk) -> list[EpisodeResult]:
+        n = max(1, min(self.envs_per_actor, len(chunk.plans)))
+        env = self.envs.get(self.suite, chunk.task, n, seed=self.env_seed)
         atari = self.suite == "atari"
         return record_episodes(
             env,
-            policy,
-            plans,
+            self._policy(chunk.task, env.spec),
+            chunk.plans,
             max_steps=self.max_steps,
             frame=_newest_frame if atari else (lambda o: o),
             autoreset=atari,
         )
 
     def close(self) -> None:
-        for env, _ in self._cache.values():
-            env.close()
-        self._cache.clear()
-
-
-def remote_worker(num_cpus: float) -> Any:
-    """``CollectWorker`` as a Ray actor class reserving ``num_cpus``."""
-    import ray
-
-    return ray.remote(num_cpus=num_cpus)(CollectWorker)
+        self.envs.close()
+        self._policies.clear()

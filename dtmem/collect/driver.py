@@ -1,8 +1,8 @@
 """The driver of ``dtmem collect`` (``pipelines/collect.py``): what identifies a task's data
 (``fingerprint``; ``existing_summary`` reuses a dataset made by the same config), the RLlib
-agents' checkpoints, the scheduling of episode chunks on the Ray actors with each task's
-episodes written in index order by its own ``DatasetWriter`` (``collect_tasks``), and the
-summary table and MLflow logging (``report``).
+agents' checkpoints, the scheduling of episode chunks on the actor pool shared with
+evaluation (``dtmem.actor_pool``) with each task's episodes written in index order by its own
+``DatasetWriter`` (``collect_tasks``), and the summary table and MLflow logging (``report``).
 
 Ray is entered by ``pipelines/collect.py`` through ``dtmem.ray_session``; the actors come
 from ``dtmem.collect.actors``.
@@ -14,6 +14,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,14 @@ from rich.progress import (
 from rich.table import Table
 
 from dtmem import metrics
-from dtmem.collect.actors import EpisodeResult, dataset_spaces, env_id, remote_worker
+from dtmem.actor_pool import PoolError, RayPool, remote_class
+from dtmem.collect.actors import CollectChunk, CollectWorker, EpisodeResult, dataset_spaces
 from dtmem.collect.policies import num_variants, plan_episodes
 from dtmem.config.collect import CollectConfig
 from dtmem.data.env_specs import recording_env_spec
 from dtmem.data.episodes import DataError, DatasetExistsError
 from dtmem.data.minari_io import DatasetInfo, DatasetWriter, open_dataset
+from dtmem.envs import env_id
 from dtmem.tracking import RunHandle
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "CollectResult",
     "DatasetSummary",
     "check_checkpoints",
+    "collect_pool",
     "collect_tasks",
     "existing_summary",
     "fingerprint",
@@ -185,13 +190,21 @@ class _TaskState:
 
 
 def check_checkpoints(cfg: CollectConfig, tasks: list[str]) -> None:
-    from dtmem.collect.rllib_agent import CheckpointError, checkpoint_path, missing_checkpoints
+    from dtmem.collect.rllib_agent import (
+        CheckpointError,
+        checkpoint_path,
+        load_module,
+        missing_checkpoints,
+        module_path,
+    )
 
     assert cfg.policy.rllib is not None
     for task in tasks:
         missing = missing_checkpoints(cfg.policy.rllib, task)
         if missing:
             path = checkpoint_path(cfg.policy.rllib, task, missing[0])
+            if module_path(path).is_dir():  # RLlib's pickles only: says how to convert
+                load_module(path)
             raise CheckpointError(
                 f"{path}: missing RLlib checkpoint for {task} (policy.rllib.train_missing is false)"
             )
@@ -221,15 +234,12 @@ def train_agents(cfg: CollectConfig, tasks: list[str], run: RunHandle, console: 
         train_agent(rl, task, seed=cfg.seed, on_iteration=log)
 
 
-def collect_tasks(
-    cfg: CollectConfig,
-    tasks: list[str],
-    root: Path,
-    ray: Any,
-    run: RunHandle,
-    console: Console,
-) -> tuple[dict[str, DatasetSummary], tuple[int, int, float]]:
-    """Collect ``tasks``; returns their summaries and (episodes, env steps, seconds)."""
+@contextmanager
+def collect_pool(cfg: CollectConfig, ray: Any) -> Iterator[RayPool[CollectChunk]]:
+    """``cfg.num_actors`` collection actors on the pool shared with evaluation
+    (``dtmem.actor_pool``: a dead actor is replaced and its chunks re-run), killed on exit.
+    Actors start in the background: opening the pool early overlaps their start-up (process,
+    imports) with the driver's own set-up."""
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     need = cfg.num_actors * cfg.actor_cpus
     if need > cpus:
@@ -237,6 +247,25 @@ def collect_tasks(
             f"num_actors={cfg.num_actors} x actor_cpus={cfg.actor_cpus} needs {need:g} CPUs, "
             f"Ray has {cpus:g}"
         )
+    pool: RayPool[CollectChunk] = RayPool(
+        _new_actor(cfg), size=cfg.num_actors, per_actor=QUEUED_PER_ACTOR, max_failures=3
+    )
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def collect_tasks(
+    cfg: CollectConfig,
+    tasks: list[str],
+    root: Path,
+    pool: RayPool[CollectChunk],
+    run: RunHandle,
+    console: Console,
+) -> tuple[dict[str, DatasetSummary], tuple[int, int, float]]:
+    """Collect ``tasks`` on ``pool``; returns the summaries and (episodes, env steps,
+    seconds of the collection phase)."""
     variants = num_variants(cfg.policy)
     states = {
         t: _TaskState(
@@ -248,15 +277,51 @@ def collect_tasks(
         )
         for t in tasks
     }
+    meter = _Meter(run, console, len(tasks), cfg.episodes_per_task)
+    out: dict[str, DatasetSummary] = {}
+
+    def on_result(chunk: CollectChunk, results: list[EpisodeResult]) -> None:
+        st = states[chunk.task]
+        meter.count(results)
+        if st.done:
+            return  # extra attempts of a task already complete
+        before = st.kept
+        for r in results:
+            st.buffer[r.plan.index] = r
+        _drain(st, cfg, root)
+        if st.finished():
+            out[st.task] = summary = _commit(st, cfg)
+            if summary.episodes < cfg.episodes_per_task:
+                console.print(
+                    f"[yellow]warning[/]: {st.task}: kept {summary.episodes} of "
+                    f"{cfg.episodes_per_task} episodes in {summary.attempted} attempts"
+                )
+        meter.advance(st.kept - before, len(out))
+
+    try:
+        with meter.progress:
+            pool.run(_scheduler(cfg, states, variants), on_result)
+    except PoolError as exc:
+        raise CollectError(str(exc)) from exc
+    finally:
+        for st in states.values():
+            if st.writer is not None and not st.done:
+                st.writer.abort()
+    return out, meter.finish()
+
+
+def _new_actor(cfg: CollectConfig) -> Callable[[], Any]:
+    """A factory of collection actors for ``cfg``."""
     policy = cfg.policy
     if policy.rllib is not None:  # actors may run in another working directory
         where = str(Path(policy.rllib.checkpoint_dir).expanduser().resolve())
         policy = policy.model_copy(
             update={"rllib": policy.rllib.model_copy(update={"checkpoint_dir": where})}
         )
-    worker_cls = remote_worker(cfg.actor_cpus)
-    actors = [
-        worker_cls.remote(
+    cls = remote_class(CollectWorker, cfg.actor_cpus)
+
+    def new_actor() -> Any:
+        return cls.remote(
             cfg.suite,
             policy,
             envs_per_actor=cfg.envs_per_actor,
@@ -264,111 +329,92 @@ def collect_tasks(
             env_seed=cfg.seed,
             torch_threads=max(1, int(cfg.actor_cpus)),
         )
-        for _ in range(cfg.num_actors)
-    ]
-    pending: dict[Any, tuple[int, str, int]] = {}  # ref -> (actor, task, episodes)
-    queued = [0] * len(actors)
-    out: dict[str, DatasetSummary] = {}
-    total_steps, total_episodes, rounds = 0, 0, 0
-    start = last_log = time.perf_counter()
 
-    def next_chunk() -> tuple[str, list[int]] | None:
-        for st in states.values():
-            if st.can_dispatch(cfg.keep):
-                n = min(cfg.episodes_per_chunk, st.attempts - st.next_dispatch)
-                if cfg.keep == "successful":
-                    n = min(n, max(1, st.wanted - st.kept - st.outstanding))
-                indices = list(range(st.next_dispatch, st.next_dispatch + n))
-                st.next_dispatch += n
-                st.outstanding += n
-                return st.task, indices
-        return None
+    return new_actor
 
-    progress = Progress(
-        TextColumn("[bold]collect[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("episodes"),
-        TextColumn("{task.fields[eps]:.1f} ep/s"),
-        TextColumn("{task.fields[sps]:,.0f} steps/s"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    bar = progress.add_task(
-        f"{len(tasks)} datasets", total=len(tasks) * cfg.episodes_per_task, eps=0.0, sps=0.0
-    )
-    try:
-        with progress:
-            while True:
-                for a in range(len(actors)):
-                    while queued[a] < QUEUED_PER_ACTOR and (chunk := next_chunk()) is not None:
-                        task, indices = chunk
-                        plans = plan_episodes(
-                            cfg.seed,
-                            task,
-                            indices,
-                            total=cfg.episodes_per_task,
-                            variants=variants,
-                        )
-                        pending[actors[a].run.remote(task, plans)] = (a, task, len(indices))
-                        queued[a] += 1
-                if not pending:
-                    break
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                a, task, _n = pending.pop(ref)
-                queued[a] -= 1
-                results: list[EpisodeResult] = ray.get(ref)
-                st = states[task]
-                total_steps += sum(r.episode.num_steps for r in results)
-                total_episodes += len(results)
-                if st.done:
-                    continue  # extra attempts of a task already complete
-                before = st.kept
-                for r in results:
-                    st.buffer[r.plan.index] = r
-                _drain(st, cfg, root)
-                if st.finished():
-                    out[task] = summary = _commit(st, cfg)
-                    if summary.episodes < cfg.episodes_per_task:
-                        console.print(
-                            f"[yellow]warning[/]: {task}: kept {summary.episodes} of "
-                            f"{cfg.episodes_per_task} episodes in {summary.attempted} attempts"
-                        )
-                progress.advance(bar, st.kept - before)
-                elapsed = time.perf_counter() - start
-                eps, sps = total_episodes / elapsed, total_steps / elapsed
-                progress.update(
-                    bar, eps=eps, sps=sps, description=f"{len(out)}/{len(tasks)} datasets"
-                )
-                rounds += 1
-                if time.perf_counter() - last_log >= LOG_EVERY_S:
-                    last_log = time.perf_counter()
-                    run.log_metrics(
-                        {
-                            metrics.COLLECT_EPISODES_PER_S: eps,
-                            metrics.COLLECT_STEPS_PER_S: sps,
-                            metrics.COLLECT_EPISODES: total_episodes,
-                            metrics.COLLECT_STEPS: total_steps,
-                        },
-                        step=rounds,
-                    )
-    finally:
-        for st in states.values():
-            if st.writer is not None and not st.done:
-                st.writer.abort()
-        for actor in actors:
-            ray.kill(actor)
-    elapsed = time.perf_counter() - start
-    run.log_metrics(
-        {
-            metrics.COLLECT_EPISODES_PER_S: total_episodes / elapsed,
-            metrics.COLLECT_STEPS_PER_S: total_steps / elapsed,
-            metrics.COLLECT_EPISODES: total_episodes,
-            metrics.COLLECT_STEPS: total_steps,
-        },
-        step=rounds + 1,
-    )
-    return out, (total_episodes, total_steps, elapsed)
+
+def _scheduler(
+    cfg: CollectConfig, states: dict[str, _TaskState], variants: int
+) -> Callable[[Hashable | None], CollectChunk | None]:
+    """``take(held)``: the next chunk of the task ``held`` if it has one to hand out, else of
+    the task with the fewest episodes in flight (so actors spread over tasks and each builds
+    few envs); None when none can be handed out now."""
+
+    def chunk_of(st: _TaskState) -> CollectChunk:
+        n = min(cfg.episodes_per_chunk, st.attempts - st.next_dispatch)
+        if cfg.keep == "successful":
+            n = min(n, max(1, st.wanted - st.kept - st.outstanding))
+        indices = range(st.next_dispatch, st.next_dispatch + n)
+        st.next_dispatch += n
+        st.outstanding += n
+        plans = plan_episodes(cfg.seed, st.task, indices, total=cfg.episodes_per_task,
+                              variants=variants)  # fmt: skip
+        return CollectChunk(st.task, tuple(plans))
+
+    def take(held: Hashable | None) -> CollectChunk | None:
+        ready = [st for st in states.values() if st.can_dispatch(cfg.keep)]
+        if not ready:
+            return None
+        same = [st for st in ready if st.task == held]
+        # else the task with the fewest episodes out (a task per actor where it can)
+        return chunk_of(same[0] if same else min(ready, key=lambda st: st.outstanding))
+
+    return take
+
+
+class _Meter:
+    """The progress bar and the throughput metrics of a collection."""
+
+    def __init__(self, run: RunHandle, console: Console, tasks: int, per_task: int) -> None:
+        self.run = run
+        self.tasks = tasks
+        self.progress = Progress(
+            TextColumn("[bold]collect[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes"),
+            TextColumn("{task.fields[eps]:.1f} ep/s"),
+            TextColumn("{task.fields[sps]:,.0f} steps/s"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.bar = self.progress.add_task(
+            f"{tasks} datasets", total=tasks * per_task, eps=0.0, sps=0.0
+        )
+        self.episodes = self.steps = self.rounds = 0
+        self.start = self.last_log = time.perf_counter()
+
+    def count(self, results: list[EpisodeResult]) -> None:
+        """Every attempted episode counts, kept or not."""
+        self.steps += sum(r.episode.num_steps for r in results)
+        self.episodes += len(results)
+        self.rounds += 1
+
+    def advance(self, kept: int, datasets_done: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        eps, sps = self.episodes / elapsed, self.steps / elapsed
+        self.progress.advance(self.bar, kept)
+        desc = f"{datasets_done}/{self.tasks} datasets"
+        self.progress.update(self.bar, eps=eps, sps=sps, description=desc)
+        if time.perf_counter() - self.last_log >= LOG_EVERY_S:
+            self.last_log = time.perf_counter()
+            self._log(elapsed, self.rounds)
+
+    def _log(self, elapsed: float, step: int) -> None:
+        self.run.log_metrics(
+            {
+                metrics.COLLECT_EPISODES_PER_S: self.episodes / elapsed,
+                metrics.COLLECT_STEPS_PER_S: self.steps / elapsed,
+                metrics.COLLECT_EPISODES: self.episodes,
+                metrics.COLLECT_STEPS: self.steps,
+            },
+            step=step,
+        )
+
+    def finish(self) -> tuple[int, int, float]:
+        elapsed = time.perf_counter() - self.start
+        self._log(elapsed, self.rounds + 1)
+        return self.episodes, self.steps, elapsed
 
 
 def _open_writer(st: _TaskState, cfg: CollectConfig, root: Path) -> DatasetWriter:

@@ -181,6 +181,10 @@ class BehaviourPolicy(Protocol):
         float32; rows of inactive slots are zeros."""
         ...
 
+    def observe(self, rewards: np.ndarray) -> None:
+        """The rewards (N,) of the last step (behaviour policies here ignore them)."""
+        ...
+
 
 class SlotPolicy:
     """Base: one generator per slot, reseeded from each episode's plan."""
@@ -193,6 +197,9 @@ class SlotPolicy:
     def reset(self, slot: int, plan: EpisodePlan) -> None:
         self._generators[slot] = np.random.default_rng(plan.policy_seed)
         self._variants[slot] = plan.variant
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass  # the episode loop's Policy protocol; these policies do not condition on rewards
 
     def _draws(self, rows: np.ndarray) -> StepDraws:
         generators = [self._generators[r] for r in rows]
@@ -259,9 +266,9 @@ def make_policy(cfg: PolicyConfig, spec: EnvSpec, num_envs: int, task: str) -> B
     """The behaviour policy of ``cfg`` for ``task``, acting in ``num_envs`` slots.
 
     Extension point: a policy acting from a checkpoint of the project's own model would be
-    another ``kind`` here, an adapter from ``dtmem.rollout.DTPolicy`` (reset(index, target),
-    act, observe(rewards)) to this protocol; the recorder would then also have to pass it
-    the rewards. Not implemented yet.
+    another ``kind`` here, an adapter from ``dtmem.dt_policy.DTPolicy`` (reset(index, target),
+    act, observe(rewards)) to this protocol (the episode loop already passes the rewards).
+    Not implemented yet.
     """
     if cfg.kind == "random":
         return RandomPolicy(spec, num_envs)

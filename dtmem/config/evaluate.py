@@ -64,7 +64,12 @@ class EvaluateConfig(FrozenConfig):
     )
     atari: AtariEvalConfig | None = Field(None, description="Atari games; null: none")
     metaworld: MetaWorldEvalConfig | None = Field(None, description="Meta-World tasks; null: none")
-    num_actors: int = Field(2, ge=1, description="Ray actors that run episodes")
+    num_actors: int = Field(
+        2,
+        ge=1,
+        description="workers that run episodes: Ray actors, or this process alone when the "
+        "pool would be one worker on this machine",
+    )
     envs_per_actor: int = Field(
         8,
         ge=1,
@@ -93,12 +98,6 @@ class EvaluateConfig(FrozenConfig):
         2000, ge=10, description="bootstrap resamples of the IQM confidence interval"
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
-    crash_marker: str | None = Field(
-        None,
-        description="testing only: a file path; the first actor to find it missing creates "
-        "it and exits abruptly a few steps into its first chunk, to exercise recovery",
-    )
-
     @model_validator(mode="after")
     def _check_something(self) -> EvaluateConfig:
         if self.atari is None and self.metaworld is None:

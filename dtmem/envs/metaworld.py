@@ -174,6 +174,15 @@ class MetaWorldVector:
             success=np.asarray(succ, dtype=bool),
         )
 
+    def head(self, num_envs: int) -> MetaWorldVector:
+        """A view of the first ``num_envs`` copies (shared, not closed by the view's user):
+        a smaller chunk of episodes runs without building envs again."""
+        if not 1 <= num_envs <= self.num_envs:
+            raise ValueError(f"head({num_envs}) of {self.num_envs} envs")
+        view = object.__new__(MetaWorldVector)
+        view._envs, view._spec = self._envs[:num_envs], self._spec
+        return view
+
     def close(self) -> None:
         for env in self._envs:
             env.close()

@@ -1,0 +1,162 @@
+"""The evaluation worker: builds the model once from a ``ModelPayload`` and runs work units
+with the plain loop, ``rollout(DTPolicy(...), env, target)`` (the policy acts for all the
+unit's envs in one batched model call per step). No Ray: ``dtmem.actor_pool`` runs it as a
+Ray actor or in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dtmem.data.windows import StateStats
+from dtmem.dt_policy import DTPolicy
+from dtmem.envs import EnvCache, EnvSpec, VectorEnv, VectorStep
+from dtmem.eval_tasks import WorkUnit
+from dtmem.model import DecisionTransformer, ModelSpec
+from dtmem.rollout import EpisodeStats, rollout
+
+if TYPE_CHECKING:
+    from dtmem.config.model import ModelConfig
+
+__all__ = ["CRASH_MARKER_ENV", "EvalWorker", "ModelPayload", "UnitResult"]
+
+CRASH_MARKER_ENV = "DTMEM_TEST_CRASH_MARKER"  # tests only: see EvalWorker
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """Everything an actor needs to build the model: put into Ray's object store once."""
+
+    config_json: str  # ModelConfig as JSON
+    spec: ModelSpec  # the built model's spec (checked against the envs before any actor starts)
+    state_dict: dict[str, torch.Tensor]  # CPU weights
+    state_stats: StateStats | None  # standardise vector observations with these (None: raw)
+
+    @staticmethod
+    def of(
+        model: DecisionTransformer, config: ModelConfig, state_stats: StateStats | None
+    ) -> ModelPayload:
+        """The payload of a loaded model (weights copied to the CPU)."""
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        return ModelPayload(config.model_dump_json(), model.spec, weights, state_stats)
+
+    def build(self) -> DecisionTransformer:
+        """The model, weights loaded exactly, in eval mode on the CPU."""
+        from dtmem.config.model import ModelConfig
+        from dtmem.model import build_model
+
+        model = build_model(ModelConfig.model_validate_json(self.config_json))
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """A chunk's episodes (``episode`` = index within the task) and how long it took."""
+
+    key: tuple[str, int]
+    episodes: tuple[EpisodeStats, ...]
+    seconds: float
+    pid: int
+
+
+class EvalWorker:
+    """Runs chunks of episodes with one model; the body of an evaluation actor, or of the
+    in-process pool.
+
+    The model is built once; the envs of the last two tasks are kept (``EnvCache``), so a
+    warm worker moving along the task list builds each task's envs once. Torch runs on
+    ``torch_threads`` threads (1 in an actor: several processes on few cores, each with many
+    intra-op threads, run ~100x slower); ``close`` gives the process its setting back.
+    ``crash_marker`` (tests only, from ``$DTMEM_TEST_CRASH_MARKER``): the first worker to
+    create this file exits abruptly a few steps into its next chunk.
+    """
+
+    def __init__(
+        self,
+        payload: ModelPayload,
+        *,
+        greedy: bool = False,
+        torch_threads: int = 1,
+        crash_marker: str | None = None,
+    ) -> None:
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, torch_threads))
+        self.model = payload.build()
+        self.state_stats = payload.state_stats
+        self.greedy = greedy
+        self.crash_marker = crash_marker
+        self.envs = EnvCache(keep=2)
+
+    def run(self, unit: WorkUnit) -> UnitResult:
+        """Run one chunk to the end; episode indices are the task's, not the chunk's."""
+        start = time.perf_counter()
+        r = unit.request
+        env = self.envs.get(r.suite, r.task, unit.count, seed=unit.goal_seed)
+        if self.crash_marker is not None and _claim(self.crash_marker):
+            env = _CrashingEnv(env, after=3)
+        policy = DTPolicy(
+            self.model, env, greedy=self.greedy, seed=unit.policy_seed, state_stats=self.state_stats
+        )
+        stats = rollout(
+            policy,
+            env,
+            r.target,
+            num_episodes=unit.count,
+            seed=unit.env_seed,
+            max_steps=r.max_steps,
+        )
+        episodes = tuple(replace(s, episode=unit.first + s.episode) for s in stats)
+        return UnitResult(unit.key, episodes, time.perf_counter() - start, os.getpid())
+
+    def close(self) -> None:
+        self.envs.close()
+        torch.set_num_threads(self._threads)
+
+
+class _CrashingEnv:
+    """Testing only: a vector env whose process exits abruptly (no cleanup, exit code 1)
+    after ``after`` steps, i.e. in the middle of its episodes."""
+
+    def __init__(self, env: VectorEnv, after: int) -> None:
+        self.env, self.after, self.steps = env, after, 0
+
+    @property
+    def spec(self) -> EnvSpec:
+        return self.env.spec
+
+    @property
+    def num_envs(self) -> int:
+        return self.env.num_envs
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        return self.env.reset(seeds)
+
+    def reset_at(self, index: int, seed: int | None) -> np.ndarray:
+        return self.env.reset_at(index, seed)
+
+    def step(self, actions: np.ndarray) -> VectorStep:
+        self.steps += 1
+        if self.steps >= self.after:
+            os._exit(1)
+        return self.env.step(actions)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _claim(marker: str) -> bool:
+    """Create ``marker`` if it does not exist; True for the one caller that created it."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
