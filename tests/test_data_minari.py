@@ -7,6 +7,7 @@ one-line errors for bad input.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -559,3 +560,12 @@ def test_dataset_root_that_cannot_take_the_data_is_refused_first(root, monkeypat
     with pytest.raises(DiskError, match="not writable") as err:
         check_dataset_root(tmp_path / "ro", need_bytes=1)
     _one_line(err)
+
+
+def test_dataset_ids_in_the_config_are_minari_ids_inside_the_root():
+    from pydantic import ValidationError
+
+    for bad, says in (("../../x-v0", "not a safe id"), ("breakout", "name-v<version>")):
+        with pytest.raises(ValidationError, match=re.escape(says)):
+            DataConfig(datasets=[{"id": bad}])
+    assert DataConfig(datasets=[{"id": "dtmem/atari/breakout-dqn-v0"}]).datasets[0].weight == 1

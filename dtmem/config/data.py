@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dtmem.config.base import FrozenConfig, SafeId
 
@@ -35,6 +35,20 @@ class DatasetSpec(FrozenConfig):
             "skips the check"
         ),
     )
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        """Minari's form, ``(namespace/)name-v<version>``: SafeId keeps the id inside the
+        root, this refuses one that Minari itself cannot load (no version)."""
+        from dtmem.data.episodes import DataError
+        from dtmem.data.store import validate_dataset_id
+
+        try:
+            validate_dataset_id(value)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class DataConfig(FrozenConfig):
@@ -68,8 +82,9 @@ class DataConfig(FrozenConfig):
     state_stats_path: str | None = Field(
         None,
         description=(
-            "JSON file of the state statistics: loaded if it exists, else computed over the "
-            "training episodes and written there; null computes them in memory"
+            "JSON file of the state statistics (with the action bounds when continuous actions "
+            "are scaled onto [-1, 1]): loaded if it exists, else computed over the training "
+            "episodes and written there; null computes them in memory"
         ),
     )
     episode_fraction: float = Field(
