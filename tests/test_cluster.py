@@ -29,9 +29,11 @@ from dtmem.submit import (
     DEFAULT_ADDRESS,
     SubmitError,
     exit_code,
+    is_local_address,
     load_runtime_env,
     resolve_address,
     resolve_auth_token,
+    resolve_stores,
 )
 from tests.cluster_fixture import (
     DTMEM,
@@ -257,6 +259,95 @@ def test_submit_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
 
 
+# --------------------------------------------------------------------------- where results go
+
+REMOTE = "http://head.example:8265"
+PRETRAIN = ["dtmem", "pretrain", "pipelines/configs/smoke/pretrain.yaml"]
+
+
+def test_cluster_locality() -> None:
+    for local in ("http://127.0.0.1:8265", "http://localhost:8265", "127.0.0.2:6379"):
+        assert is_local_address(local)
+    for remote in (REMOTE, "http://10.0.0.5:8265", "ray://head:10001"):
+        assert not is_local_address(remote)
+
+
+def test_a_local_cluster_gets_the_users_stores_as_absolute_paths(tmp_path: Path) -> None:
+    stores = resolve_stores(
+        [*PRETRAIN, "--set", "checkpoint.dir=ck"],
+        address="http://127.0.0.1:8265",
+        cwd=tmp_path,
+        working_dir=REPO,
+        environ={"MINARI_DATASETS_PATH": "data"},
+    )
+    assert stores.env == {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",  # the default, from here
+        "MINARI_DATASETS_PATH": str(tmp_path / "data"),
+    }
+    assert stores.overrides == (f"checkpoint.dir={tmp_path / 'ck'}",)
+    assert f"checkpoints {tmp_path / 'ck'}" in stores.summary
+    # a command that is not a stage: its environment's paths, made absolute, nothing refused
+    other = resolve_stores(
+        ["python", "-c", "1"], address=REMOTE, cwd=tmp_path, working_dir=REPO,
+        environ={"MLFLOW_TRACKING_URI": "sqlite:///x.db"},
+    )  # fmt: skip
+    assert other.env == {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/x.db"}
+    assert other.overrides == ()
+
+
+@pytest.mark.parametrize(
+    ("sets", "environ", "expected"),
+    [
+        ([], {}, "tracking store sqlite:///"),  # the default ./mlflow.db
+        ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}, "tracking store http://127"),
+        (["tracking.uri=sqlite:////shared/m.db"], {}, "a tracking server every node"),
+        (["checkpoint.dir=ck"], {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, "relative"),
+        (["data.root={tmp}"], {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, "on this machine"),
+    ],
+)
+def test_a_remote_cluster_is_refused_stores_it_cannot_reach(
+    tmp_path: Path, sets: list[str], environ: dict[str, str], expected: str
+) -> None:
+    command = [*PRETRAIN, "--set", "checkpoint.dir=/shared/ck"]
+    for item in sets:
+        command += ["--set", item.format(tmp=tmp_path)]
+    with pytest.raises(SubmitError) as err:
+        resolve_stores(command, address=REMOTE, cwd=tmp_path, working_dir=REPO, environ=environ)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert "tracking server" in message or "shared storage" in message  # says what to use
+
+
+def test_a_remote_cluster_gets_servers_and_shared_mounts(tmp_path: Path) -> None:
+    shared = tmp_path / "nfs"
+    shared.mkdir()
+    mounts = f"/dev/sda1 / ext4 rw 0 0\nserver:/export {shared} nfs4 rw 0 0\n"
+    stores = resolve_stores(
+        [*PRETRAIN, "--set", f"checkpoint.dir={shared}/ck", "--set", f"data.root={shared}/d"],
+        address=REMOTE,
+        cwd=tmp_path,
+        working_dir=REPO,
+        environ={"MLFLOW_TRACKING_URI": "https://bob:pw@mlflow.example"},
+        mounts=mounts,
+    )
+    assert stores.env == {
+        "MLFLOW_TRACKING_URI": "https://bob:pw@mlflow.example",  # the job needs it whole
+        "MINARI_DATASETS_PATH": f"{shared}/d",
+    }
+    assert stores.overrides == ()
+    assert "pw" not in stores.summary and "mlflow.example" in stores.summary
+
+
+def test_a_bad_config_is_refused_before_submitting(tmp_path: Path) -> None:
+    from dtmem.config.base import ConfigError
+
+    with pytest.raises(ConfigError, match="run_name"):
+        resolve_stores(
+            [*PRETRAIN, "--set", "run_name=../x"], address=REMOTE, cwd=tmp_path,
+            working_dir=REPO, environ={},
+        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- ui
 
 
@@ -445,38 +536,56 @@ def test_ctrl_c_stops_following_not_the_job(two_node_cluster: LocalCluster) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_a_pipeline_submitted_to_the_cluster_lands_in_mlflow(
+@pytest.mark.timeout(300)
+def test_a_submitted_stage_lands_where_the_users_settings_say(
     two_node_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """`dtmem collect` runs as a Ray job (its actors on the cluster's nodes); its MLflow run,
-    tags and dataset are then read back here."""
+    """Submitted from a directory of the user's with no MLFLOW_TRACKING_URI set, a relative
+    $MINARI_DATASETS_PATH and the config's relative checkpoint directory: a tiny `dtmem
+    pretrain` runs as a Ray job, reads its dataset from the user's root, and its MLflow run
+    and checkpoint are found in that directory, not in Ray's temporary copy of the repository."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    root = tmp_path / "datasets"
+    from dtmem.data.synthetic import write_metaworld_like
+
+    dataset_id = "dtmem/submitted/reach-v3-v0"
+    write_metaworld_like(tmp_path / "datasets", dataset_id, "reach-v3", episodes=3, steps=30)
+    runtime_env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    runtime_env["working_dir"] = str(REPO)
+    (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
+    env = two_node_cluster.client_env(MINARI_DATASETS_PATH="datasets")
+    env.pop("MLFLOW_TRACKING_URI", None)
     command = [
-        "dtmem", "collect", "pipelines/configs/smoke/collect.yaml",
-        "--set", "tasks=[reach-v3]",
-        "--set", "episodes_per_task=2",
-        "--set", "max_steps=20",
-        "--set", "num_actors=2",
-        "--set", "envs_per_actor=1",
-        "--set", f"root={root}",
-        "--set", "tracking.experiment=cluster-test",
+        "dtmem", "pretrain", "pipelines/configs/smoke/pretrain.yaml",
+        "--set", f"data.datasets=[{{id: {dataset_id}, env: reach-v3}}]",
+        "--set", "scaling.ray=false", "--set", "scaling.num_workers=1",
+        "--set", "optim.max_steps=4", "--set", "optim.warmup_steps=2",
+        "--set", "checkpoint.every_steps=2", "--set", "log_every=2",
+        "--set", "model.n_layer=1", "--set", "model.d_model=16",
+        "--set", "model.memory.slots=16", "--set", "data.batch_size=4",
+        "--set", "validation.episodes=0", "--set", "registry.name=null",
+        "--set", "progress=false", "--set", "tracking.system_metrics=false",
+        "--set", "tracking.experiment=cluster-test", "--set", "run_name=submitted",
     ]  # fmt: skip
-    run = submit_cli(
-        two_node_cluster, command, env=two_node_cluster.client_env(MLFLOW_TRACKING_URI=uri)
+    done = subprocess.run(
+        [str(DTMEM), "submit", "--address", two_node_cluster.dashboard_url,
+         "--runtime-env", str(tmp_path / "runtime_env.yaml"), "--", *command],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    assert (
+        f"results: MLflow sqlite:///{tmp_path}/mlflow.db; datasets {tmp_path}/datasets; "
+        f"checkpoints {tmp_path}/checkpoints" in done.stderr
     )
-    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
-    client = MlflowClient(tracking_uri=uri)
+    run_dir = tmp_path / "checkpoints" / "submitted"
+    assert list(run_dir.rglob("*.safetensors"))
+    assert not (REPO / "checkpoints" / "submitted").exists()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("cluster-test")
     assert experiment is not None
-    (found,) = client.search_runs([experiment.experiment_id])
-    assert found.info.status == "FINISHED"
-    assert found.data.tags["dtmem.stage"] == "collect"
-    dataset_id = found.data.tags["collect.datasets"]
-    assert dataset_id == "dtmem/smoke/reach-v3-expert-v0"
-    assert len(found.data.tags[f"data.{dataset_id}.content_hash"]) == 64
-    assert found.data.params["episodes_per_task"] == "2"
-    assert (root / dataset_id).is_dir()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["dtmem.stage"] == "pretrain"
+    assert run.data.params["optim.max_steps"] == "4"
+    assert run.data.params["checkpoint.dir"] == str(tmp_path / "checkpoints")
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == [dataset_id]
