@@ -70,15 +70,17 @@ class _Maker:
         wall_s: float = 1.0,
         status: str = "FINISHED",
         history: list[tuple[int, float]] | None = None,
+        params: dict[str, str] | None = None,
     ) -> str:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
 
         self.clock += 10_000
         run_id = self.client.create_run(self.exp, start_time=self.clock, tags=tags).info.run_id
         batch = [Metric(k, v, self.clock, 0) for k, v in (metrics or {}).items()]
         batch += [Metric(M.TRAIN_LOSS, v, self.clock, step) for step, v in history or []]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+        logged = [Param(k, v) for k, v in (params or {}).items()]
+        if batch or logged:
+            self.client.log_batch(run_id, metrics=batch, params=logged)
         self.client.set_terminated(run_id, status, end_time=self.clock + int(wall_s * 1000))
         return run_id
 
@@ -150,7 +152,7 @@ def store(tmp_path_factory) -> Store:
                         f"finetune/{name}",
                         {TAG_STAGE: "finetune", **labels, TAG_TASK: task},
                         made_by,
-                        metrics={M.FINETUNE_TRAINABLE_PARAMS: params},
+                        params={"model.params_trainable": str(params)},
                         wall_s=wall,
                         history=[(1, 0.9), (2, 0.5)],
                     )

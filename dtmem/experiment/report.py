@@ -6,7 +6,7 @@ What it reads (the runner's tags on each node's run, all carrying
 ``dtmem.experiment_run_id``): ``dtmem.stage``, ``dtmem.arm``, ``dtmem.ft_mode``,
 ``dtmem.seed``, ``dtmem.task``, ``dtmem.eval_kind``, ``dtmem.node``, ``dtmem.cached``; the
 metrics ``eval/<task>/success_rate`` (Meta-World) or ``eval/<task>/score_normalized`` (Atari,
-human-normalised), ``train/loss`` and ``model/trainable_params``. Only FINISHED runs count.
+human-normalised), ``train/loss``, and the param ``model.params_trainable``. Only FINISHED runs count.
 
 The measures, each keyed by (arm, fine-tune mode, task, seed):
 
@@ -61,6 +61,7 @@ __all__ = ["AGGREGATE", "MEASURES", "Cell", "Report", "ReportError", "build_repo
 
 T = TypeVar("T")
 
+TRAINABLE_PARAM = "model.params_trainable"  # dtmem.training.finish.log_model_size
 CACHED_TAG = "dtmem.cached"  # optional: a run reused as cached may also say so itself
 AGGREGATE = "all tasks"
 
@@ -334,9 +335,9 @@ def _collect(nodes: Sequence[_Node], score_name: str, notes: list[str]) -> _Samp
                 _Sample(drop, (n.run_id, base.run_id)),
             )
         elif n.stage == "finetune":
-            count = n.metrics.get(M.FINETUNE_TRAINABLE_PARAMS)
-            if count is None and "model.params_trainable" in n.params:
-                count = float(n.params["model.params_trainable"])
+            count = n.metrics.get(M.FINETUNE_TRAINABLE_PARAMS)  # older runs: a metric
+            if TRAINABLE_PARAM in n.params:
+                count = float(n.params[TRAINABLE_PARAM])
             if count is not None:
                 put(
                     n.arm,
