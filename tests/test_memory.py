@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from dtmem.model.memory import DenseMemory, FactoredMemory, WorkingMemory, max_erase_bound
+from dtmem.model.memory_ops import read, write_initial, write_previous
+from dtmem.model.memory_spec import MemorySpec
 
 
 def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
@@ -46,17 +48,26 @@ def reference_memory(mem: WorkingMemory, h: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def make_memory(erase: str = "slot", addressing: str = "previous", **kw) -> WorkingMemory:
-    args = dict(d_model=11, slots=7, width=6, heads=2, tokens_per_step=3, context=8)
+def make_memory(
+    erase: str = "slot",
+    addressing: str = "previous",
+    *,
+    d_model: int = 11,
+    context: int = 8,
+    **kw: object,
+) -> WorkingMemory:
+    args: dict[str, object] = dict(slots=7, width=6, heads=2, max_erase=0.9, init_std=1.0)
     args.update(kw)
-    mem = WorkingMemory(erase=erase, addressing=addressing, **args)  # type: ignore[arg-type]
+    spec = MemorySpec(erase=erase, addressing=addressing, **args)  # type: ignore[arg-type]
+    mem = WorkingMemory(d_model, spec, tokens_per_step=3, context=context)
     for p in mem.parameters():  # make every projection matter
         torch.nn.init.normal_(p, std=0.5)
     return mem.double()
 
 
 @pytest.mark.parametrize(
-    ("erase", "addressing"), [("slot", "previous"), ("slot", "initial"), ("channel", "previous")]
+    ("erase", "addressing"),
+    [("slot", "previous"), ("slot", "initial"), ("channel", "previous"), ("channel", "initial")],
 )
 def test_matches_plain_loop_reference(erase: str, addressing: str) -> None:
     torch.manual_seed(0)
@@ -171,3 +182,36 @@ def test_gradients_match_finite_differences(addressing: str) -> None:
         return torch.func.functional_call(mem, {"initial_memory": m0}, (h, state))[0]
 
     assert torch.autograd.gradcheck(f, (h, m0), eps=1e-6, atol=1e-6)
+
+
+def test_hand_written_gradients_with_a_carried_state() -> None:
+    """The write recurrence and the read, with rows already in the state (S0 = 2): gradients
+    reach the state's decay and rows too."""
+    g = torch.Generator().manual_seed(6)
+    H, B, K, N, S0, d_h, n_tok = 2, 3, 3, 5, 2, 4, 2
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    s0, ax, rows0 = rand(H, B, K, N), rand(H, B, K, S0 + K), rand(H, B, S0, N)
+    gate = (torch.rand(H, B, K, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    decay0 = (torch.rand(H, B, N, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    for write in (
+        lambda *a: write_previous(*a)[:2],
+        lambda s0, ax, gate, decay0, rows0: write_initial(s0, gate, decay0, rows0)[:2],
+    ):
+        assert torch.autograd.gradcheck(write, (s0, ax, gate, decay0, rows0), atol=1e-7)
+    y, m0, adds = rand(H, B, K * n_tok, d_h), rand(H, N, d_h), rand(H, B, S0 + K, d_h)
+    rows, decay = (
+        rand(H, B, S0 + K, N),
+        (decay0.detach()[:, :, None] * 0.9 ** torch.arange(K)[:, None]),
+    )
+    decay.requires_grad_(True)
+    steps = torch.arange(K)
+    visible = torch.cat([torch.ones(K, S0, dtype=torch.bool), steps[:, None] > steps], dim=1)
+    visible = visible.repeat_interleave(n_tok, dim=0)
+    assert torch.autograd.gradcheck(
+        lambda y, m0, rows, adds, decay: read(y, m0, rows, adds, decay, visible)[0],
+        (y, m0, rows, adds, decay),
+        atol=1e-7,
+    )

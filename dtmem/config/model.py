@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dtmem.config.base import FrozenConfig
+from dtmem.model.memory_spec import MIN_DECAY, max_erase_bound
 
 # The projections of the working memory, by module name (the spec's symbols in brackets).
 MEMORY_PROJECTIONS: tuple[str, ...] = (
@@ -45,7 +46,8 @@ class MemoryConfig(FrozenConfig):
         gt=0.0,
         lt=1.0,
         description="g_max: the largest erase of one step, g = g_max sigmoid(W_g e). Bounded so "
-        "that (1 - g_max)^context >= 1e-30 (the unrolled memory divides by what is left).",
+        f"that (1 - g_max)^context >= {MIN_DECAY:g} (the unrolled memory divides by what is "
+        "left).",
     )
     init_std: float = Field(1.0, gt=0, description="Std of the random initial memory M_0.")
 
@@ -101,7 +103,7 @@ class ModelConfig(FrozenConfig):
                 raise ValueError(
                     f"memory.heads={self.memory.heads} does not divide memory width {width}"
                 )
-            bound = 1.0 - 1e-30 ** (1.0 / self.context)
+            bound = max_erase_bound(self.context)
             if self.memory.max_erase > bound:
                 raise ValueError(
                     f"memory.max_erase={self.memory.max_erase} is above {bound:.4f}, the most a "

@@ -1,18 +1,39 @@
-"""The one place where a validated ``ModelConfig`` becomes modules."""
+"""The one place where a validated ``ModelConfig`` becomes modules.
+
+The model takes flat arguments and never sees a config object: the memory's options reach it
+as one ``MemorySpec`` (or None for a plain DT), made here from the ``MemoryConfig``, which is
+where their defaults and documentation live.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dtmem.model.memory_spec import MemorySpec
 from dtmem.model.transformer import DecisionTransformer
 
 if TYPE_CHECKING:  # the model package never imports pydantic at run time
     from dtmem.config.model import ModelConfig
 
 
+def memory_spec(cfg: ModelConfig) -> MemorySpec | None:
+    """The memory of every block of ``cfg``'s model, its width resolved; None without one."""
+    mem = cfg.memory
+    if mem is None:
+        return None
+    return MemorySpec(
+        slots=mem.slots,
+        width=mem.width or cfg.d_model,
+        heads=mem.heads,
+        erase=mem.erase,
+        addressing=mem.addressing,
+        max_erase=mem.max_erase,
+        init_std=mem.init_std,
+    )
+
+
 def build_model(cfg: ModelConfig) -> DecisionTransformer:
     """ModelConfig -> DecisionTransformer (DT-Mem, or a plain DT when ``cfg.memory`` is None)."""
-    mem = cfg.memory
     return DecisionTransformer(
         encoder=cfg.encoder,
         obs_dim=cfg.obs_dim,
@@ -27,11 +48,5 @@ def build_model(cfg: ModelConfig) -> DecisionTransformer:
         d_model=cfg.d_model,
         dropout=cfg.dropout,
         max_timestep=cfg.max_timestep,
-        memory_slots=mem.slots if mem is not None else 0,
-        memory_width=(mem.width or cfg.d_model) if mem is not None else 0,
-        memory_heads=mem.heads if mem is not None else 1,
-        memory_erase=mem.erase if mem is not None else "slot",
-        memory_addressing=mem.addressing if mem is not None else "previous",
-        memory_max_erase=mem.max_erase if mem is not None else 0.9,
-        memory_init_std=mem.init_std if mem is not None else 1.0,
+        memory=memory_spec(cfg),
     )

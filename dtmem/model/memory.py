@@ -34,12 +34,13 @@ factors out of both products with the memory::
 
 so reads are one large product with ``M_0`` per head for the whole batch plus an
 (L x S) x (S x N) product with the rows, and only the N-wide bookkeeping of P and the write
-addressing runs step by step. Rows are never rescaled. ``g_max`` bounds the erase of one step
-so that ``1 / P`` stays inside float32 (and bf16) range over a window: ``(1 - g_max)^K >= 1e-30``
-is checked by the config.
+addressing runs step by step (``memory_ops.py``, with gradients by hand; addressing M_0
+needs no loop at all). Rows are never rescaled. ``g_max`` bounds the erase of one step
+so that ``1 / P`` stays inside float32 (and bf16) range over a window: ``(1 - g_max)^K >=
+MIN_DECAY`` is checked by the config and again here.
 
 ``erase="channel"`` (the NTM erase, one gate per channel) does not unroll: it builds M_t step by
-step and is kept as a slow reference.
+step and is kept as a slow reference (with either addressing).
 
 Every W is an ``nn.Linear`` called as a module on per-token or per-step vectors, never read
 through ``.weight``: that is what keeps LoRA adapters (which live in the Linear's forward) in
@@ -52,21 +53,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["DenseMemory", "FactoredMemory", "MemoryState", "WorkingMemory", "max_erase_bound"]
+from dtmem.model.memory_ops import read, write_initial, write_previous
+from dtmem.model.memory_spec import MIN_DECAY, MemorySpec, max_erase_bound
 
-# Smallest P (what is left of a slot) that a window may reach: 1 / P must stay finite, with
-# head-room, in float32 and bfloat16 (both reach about 3e38).
-MIN_DECAY = 1e-30
-
-
-def max_erase_bound(context: int) -> float:
-    """The largest g_max for which (1 - g_max)^context >= MIN_DECAY."""
-    return 1.0 - MIN_DECAY ** (1.0 / context)
+__all__ = [
+    "MIN_DECAY",
+    "DenseMemory",
+    "FactoredMemory",
+    "MemoryState",
+    "MemoryStep",
+    "WorkingMemory",
+    "max_erase_bound",
+]
 
 
 @dataclass(frozen=True)
@@ -93,52 +95,49 @@ class DenseMemory:
 MemoryState = FactoredMemory | DenseMemory
 
 
+@dataclass(frozen=True)
+class MemoryStep:
+    """What one call of the memory did, per head.
+
+    out    (B, L, d)     the read, projected back to the model width
+    state                the memory after the K writes
+    write  (H, B, K, N)  w_t, the write addressing of each step (a record, no gradient)
+    read   (H, B, L, N)  the read addressing of each token over the slots of M_{t-1}
+    """
+
+    out: torch.Tensor
+    state: MemoryState
+    write: torch.Tensor
+    read: torch.Tensor
+
+
 class WorkingMemory(nn.Module):
     """Content-addressable memory: write each step's summary, read for every token.
 
     Args:
         d_model: width d of the tokens.
-        slots: N.
-        width: d_m, the slot width.
-        heads: H; divides ``width``.
+        spec: slots N, width d_m, heads, erase, addressing, g_max, init std.
         tokens_per_step: n_tok; the sequence length must be a multiple of it.
-        context: the longest window, in steps.
-        erase: "slot" (unrolled) or "channel" (step-by-step reference).
-        addressing: "previous" (address M_{t-1}) or "initial" (address M_0).
-        max_erase: g_max, the largest erase of one step; at most ``max_erase_bound(context)``.
-        init_std: std of the random M_0.
+        context: the longest window, in steps; bounds ``spec.max_erase``.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        slots: int,
-        width: int,
-        heads: int,
-        tokens_per_step: int,
-        context: int,
-        erase: Literal["slot", "channel"] = "slot",
-        addressing: Literal["previous", "initial"] = "previous",
-        max_erase: float = 0.9,
-        init_std: float = 1.0,
-    ) -> None:
+    def __init__(self, d_model: int, spec: MemorySpec, tokens_per_step: int, context: int) -> None:
         super().__init__()
-        if width % heads:
-            raise ValueError(f"memory heads {heads} do not divide width {width}")
-        if not 0.0 < max_erase <= max_erase_bound(context):
+        if not 0.0 < spec.max_erase <= max_erase_bound(context):
             raise ValueError(
-                f"max_erase={max_erase} must be in (0, {max_erase_bound(context):.4f}] for a "
-                f"context of {context} steps (1/P must stay finite in float32)"
+                f"max_erase={spec.max_erase} must be in (0, {max_erase_bound(context):.4f}] for "
+                f"a context of {context} steps (1/P must stay finite in float32)"
             )
-        self.slots, self.width, self.heads = slots, width, heads
-        self.head_dim = width // heads
+        self.spec = spec
+        self.slots, self.width, self.heads = spec.slots, spec.width, spec.heads
+        self.head_dim = spec.width // spec.heads
         self.tokens_per_step, self.context = tokens_per_step, context
-        self.erase, self.addressing = erase, addressing
-        self.max_erase = max_erase
-        self.initial_memory = nn.Parameter(torch.randn(slots, width) * init_std)  # M_0 (N, d_m)
+        self.erase, self.addressing, self.max_erase = spec.erase, spec.addressing, spec.max_erase
+        width = spec.width
+        self.initial_memory = nn.Parameter(torch.randn(spec.slots, width) * spec.init_std)  # M_0
         self.write_key = nn.Linear(d_model, width)  # W_k
         self.write_query = nn.Linear(width, width)  # W_q
-        self.erase_gate = nn.Linear(d_model, heads if erase == "slot" else width)  # W_g
+        self.erase_gate = nn.Linear(d_model, spec.heads if spec.erase == "slot" else width)  # W_g
         self.add = nn.Linear(d_model, width)  # W_a
         self.read_query = nn.Linear(d_model, width)  # W_r
         self.read_key = nn.Linear(width, width)  # W_rk
@@ -163,6 +162,11 @@ class WorkingMemory(nn.Module):
 
     def forward(self, h: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
         """h (B, L, d), L = K * n_tok -> (out (B, L, d), the state after the K writes)."""
+        step = self.step(h, state)
+        return step.out, step.state
+
+    def step(self, h: torch.Tensor, state: MemoryState) -> MemoryStep:
+        """As ``forward``, with the write and read addressing of the window kept."""
         B, L, _ = h.shape
         n_tok, H, d_h = self.tokens_per_step, self.heads, self.head_dim
         if L % n_tok:
@@ -182,14 +186,14 @@ class WorkingMemory(nn.Module):
         if isinstance(state, FactoredMemory):
             if self.erase != "slot":
                 raise TypeError("a factored memory state needs erase='slot'")
-            v, new_state = self._write_read_factored(x, a, g.permute(2, 0, 1), y, state)
+            v, new_state, w, alpha = self._write_read_factored(x, a, g.permute(2, 0, 1), y, state)
         else:
             if self.erase != "channel":
                 raise TypeError("a dense memory state needs erase='channel'")
             g = g.view(B, K, H, d_h).permute(2, 0, 1, 3)  # (H, B, K, d_h)
-            v, new_state = self._write_read_dense(x, a, g, y, state.memory)
+            v, new_state, w, alpha = self._write_read_dense(x, a, g, y, state.memory)
         v = v.permute(1, 2, 0, 3).reshape(B, L, self.width)  # (B, L, d_m)
-        return self.out(self.read_value(v)), new_state
+        return MemoryStep(self.out(self.read_value(v)), new_state, w, alpha)
 
     # --- the unrolled form (erase="slot") --------------------------------------------------
 
@@ -200,11 +204,12 @@ class WorkingMemory(nn.Module):
         g: torch.Tensor,
         y: torch.Tensor,
         state: FactoredMemory,
-    ) -> tuple[torch.Tensor, FactoredMemory]:
+    ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor]:
         """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
-        y (H, B, L, d_h) scaled read keys. Returns values (H, B, L, d_h) and the new state.
+        y (H, B, L, d_h) scaled read keys. Returns values (H, B, L, d_h), the new state, the
+        write addressing (H, B, K, N) and the read addressing (H, B, L, N).
         """
         H, B, K, d_h = x.shape
         L = y.shape[2]
@@ -212,53 +217,23 @@ class WorkingMemory(nn.Module):
         m0 = self._heads_of_memory()  # (H, N, d_h)
         N = m0.shape[1]
         S0 = state.adds.shape[2]
-        adds = torch.cat([state.adds, a], dim=2)  # (H, B, S, d_h), S = S0 + K
+        adds = torch.cat([state.adds, a], dim=2) if S0 else a  # (H, B, S, d_h), S = S0 + K
 
         # Write: only P, the addressing and one N-wide row per step run step by step.
         s0_write = (x.reshape(H, B * K, d_h) @ m0.transpose(1, 2)).view(H, B, K, N)  # M_0 . x_t
-        ax = x @ adds.transpose(2, 3)  # (H, B, K, S): a_s . x_t
-        P = state.decay  # (H, B, N)
-        rows = list(state.rows.unbind(2))  # Ĉ_s, each (H, B, N)
-        decays = []
-        for t, (s0_t, ax_t, g_t) in enumerate(
-            zip(s0_write.unbind(2), ax.unbind(2), g.unbind(2), strict=True)
-        ):
-            decays.append(P)  # P_{t-1}: the decay that step t reads with
-            if self.addressing == "initial":
-                scores = s0_t  # M_0[i] . x_t
-            elif rows:  # M_{t-1}[i] . x_t = P (M_0[i] . x_t + sum_s Ĉ_s[i] a_s . x_t)
-                corr = (ax_t[:, :, None, : S0 + t] @ torch.stack(rows, dim=2)).squeeze(2)
-                scores = P * (s0_t + corr)
-            else:
-                scores = P * s0_t
-            w = torch.softmax(scores, dim=-1)  # (H, B, N): w_t
-            P = P * (1.0 - g_t.unsqueeze(-1) * w)  # P_t = P_{t-1} (1 - g_t w_t)
-            rows.append(w / P)  # Ĉ_t = w_t / P_t
+        if self.addressing == "initial":
+            C_hat, decays, w = write_initial(s0_write, g, state.decay, state.rows)
+        else:
+            ax = x @ adds.transpose(2, 3)  # (H, B, K, S): a_s . x_t
+            C_hat, decays, w = write_previous(s0_write, ax, g, state.decay, state.rows)
 
         # Read: every token of step t sees M_{t-1}, with the adds of steps < t (causal).
-        C_hat = torch.stack(rows, dim=2)  # (H, B, S, N)
-        P_read = torch.stack(decays, dim=2).unsqueeze(3)  # (H, B, K, 1, N): P_{t-1}
         visible = torch.cat(
             [self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1
         ).repeat_interleave(n_tok, dim=0)  # (L, S): may token j read add s?
-        ay = (y @ adds.transpose(2, 3)) * visible  # (H, B, L, S): a_s . y_j
-        scores = torch.baddbmm(  # M_0 . y_j + sum_s Ĉ_s a_s . y_j, before the decay
-            (y.reshape(H, B * L, d_h) @ m0.transpose(1, 2)).view(H * B, L, N),
-            ay.reshape(H * B, L, -1),
-            C_hat.reshape(H * B, -1, N),
-        )
-        scores = scores.view(H, B, K, n_tok, N) * P_read
-        weights = torch.softmax(scores, dim=-1) * P_read  # (H, B, K, n_tok, N): α P_{t-1}
-        weights = weights.view(H, B * L, N)
-        on_adds = (weights.view(H * B, L, N) @ C_hat.reshape(H * B, -1, N).transpose(1, 2)).view(
-            H, B, L, -1
-        ) * visible  # (H, B, L, S): (α P) . Ĉ_s
-        values = torch.baddbmm(
-            (weights @ m0).view(H * B, L, d_h),
-            on_adds.view(H * B, L, -1),
-            adds.view(H * B, -1, d_h),
-        )
-        return values.view(H, B, L, d_h), FactoredMemory(decay=P, rows=C_hat, adds=adds)
+        values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible)
+        new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
+        return values, new_state, w, alpha
 
     # --- the step-by-step form (erase="channel") -------------------------------------------
 
@@ -269,20 +244,31 @@ class WorkingMemory(nn.Module):
         g: torch.Tensor,
         y: torch.Tensor,
         memory: torch.Tensor,
-    ) -> tuple[torch.Tensor, DenseMemory]:
-        """Builds M_t for every step: g (H, B, K, d_h) erases per channel. Slow reference."""
+    ) -> tuple[torch.Tensor, DenseMemory, torch.Tensor, torch.Tensor]:
+        """Builds M_t for every step: g (H, B, K, d_h) erases per channel. Slow reference.
+        Returns as ``_write_read_factored``."""
         H, B, K, d_h = x.shape
         n_tok = y.shape[2] // K
         y = y.view(H, B, K, n_tok, d_h)
+        m0 = self._heads_of_memory().unsqueeze(1)  # (H, 1, N, d_h)
         M = memory  # (H, B, N, d_h)
-        values = []
+        values, reads, writes = [], [], []
         for t in range(K):
             attn = torch.softmax(y[:, :, t] @ M.transpose(2, 3), dim=-1)  # (H, B, n_tok, N)
             values.append(attn @ M)  # (H, B, n_tok, d_h): read M_{t-1}
-            w = torch.softmax((M @ x[:, :, t, :, None]).squeeze(-1), dim=-1)  # (H, B, N)
+            reads.append(attn)
+            addressed = m0 if self.addressing == "initial" else M
+            w = torch.softmax((addressed @ x[:, :, t, :, None]).squeeze(-1), dim=-1)  # (H, B, N)
+            writes.append(w.detach())
             erase = w.unsqueeze(-1) * g[:, :, t].unsqueeze(2)  # (H, B, N, d_h)
             M = M * (1.0 - erase) + w.unsqueeze(-1) * a[:, :, t].unsqueeze(2)
-        return torch.stack(values, dim=2).view(H, B, K * n_tok, d_h), DenseMemory(memory=M)
+        L = K * n_tok
+        return (
+            torch.stack(values, dim=2).view(H, B, L, d_h),
+            DenseMemory(memory=M),
+            torch.stack(writes, dim=2),
+            torch.stack(reads, dim=2).view(H, B, L, -1),
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -296,7 +282,8 @@ class WorkingMemory(nn.Module):
         return t.view(B, T, self.heads, self.head_dim).permute(2, 0, 1, 3)
 
     def extra_repr(self) -> str:
+        s = self.spec
         return (
-            f"slots={self.slots}, width={self.width}, heads={self.heads}, "
-            f"erase={self.erase}, addressing={self.addressing}, max_erase={self.max_erase}"
+            f"slots={s.slots}, width={s.width}, heads={s.heads}, erase={s.erase}, "
+            f"addressing={s.addressing}, max_erase={s.max_erase}"
         )

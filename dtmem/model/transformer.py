@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtmem.model.encoders import ConvEncoder, PatchEncoder, VectorEncoder
-from dtmem.model.memory import MemoryState, WorkingMemory
-
 # MDT's return discretisation: integer returns in [RETURN_MIN, RETURN_MIN + RETURN_BINS).
-RETURN_MIN, RETURN_BINS = -20, 120
+from dtmem.mdt_bins import RETURN_BINS, RETURN_MIN
+from dtmem.model.encoders import ConvEncoder, PatchEncoder, VectorEncoder
+from dtmem.model.memory import MemoryState, MemoryStep, WorkingMemory
+from dtmem.model.memory_spec import MemorySpec
+
 # MDT's reward classes: 0 none, 1 positive, 3 negative (2 unused).
 REWARD_CLASSES = 4
 
@@ -113,16 +114,24 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, state: MemoryState | None
     ) -> tuple[torch.Tensor, MemoryState | None]:
+        x, step = self.step(x, state)
+        return x, step.state if step is not None else None
+
+    def step(
+        self, x: torch.Tensor, state: MemoryState | None
+    ) -> tuple[torch.Tensor, MemoryStep | None]:
+        """As ``forward``, with the memory's whole record (its addressing) kept."""
         x = x + self.attn(self.ln_1(x))
+        step = None
         if self.memory is not None and self.ln_m is not None and state is not None:
-            read, state = self.memory(self.ln_m(x), state)
-            x = x + read
+            step = self.memory.step(self.ln_m(x), state)
+            x = x + step.out
         x = x + self.mlp(self.ln_2(x))
-        return x, state
+        return x, step
 
 
 class DecisionTransformer(nn.Module):
-    """DT-Mem when ``memory_slots > 0``, else a plain Decision Transformer.
+    """DT-Mem when ``memory`` is given, else a plain Decision Transformer.
 
     Args (flat, so that the module never sees a config object):
         encoder: "vector", "conv" or "patch".
@@ -133,8 +142,7 @@ class DecisionTransformer(nn.Module):
         context: K, the longest window.
         n_layer / n_head / d_model / dropout: the transformer.
         max_timestep: size of an episode-timestep embedding (0: none).
-        memory_slots / memory_width / memory_heads / memory_erase / memory_addressing /
-        memory_max_erase / memory_init_std: the working memory in every block (slots 0: none).
+        memory: the working memory in every block (None: a plain DT).
     """
 
     def __init__(
@@ -153,13 +161,7 @@ class DecisionTransformer(nn.Module):
         d_model: int,
         dropout: float,
         max_timestep: int,
-        memory_slots: int,
-        memory_width: int,
-        memory_heads: int,
-        memory_erase: Literal["slot", "channel"] = "slot",
-        memory_addressing: Literal["previous", "initial"] = "previous",
-        memory_max_erase: float = 0.9,
-        memory_init_std: float = 1.0,
+        memory: MemorySpec | None,
     ) -> None:
         super().__init__()
         if encoder == "vector":
@@ -184,7 +186,7 @@ class DecisionTransformer(nn.Module):
             return_bins=RETURN_BINS if atari_heads else 0,
             return_min=RETURN_MIN,
             return_scale=return_scale,
-            has_memory=memory_slots > 0,
+            has_memory=memory is not None,
         )
 
         # Token embeddings.
@@ -207,19 +209,8 @@ class DecisionTransformer(nn.Module):
                 d_model,
                 n_head,
                 dropout,
-                WorkingMemory(
-                    d_model,
-                    slots=memory_slots,
-                    width=memory_width,
-                    heads=memory_heads,
-                    tokens_per_step=n_tok,
-                    context=context,
-                    erase=memory_erase,
-                    addressing=memory_addressing,
-                    max_erase=memory_max_erase,
-                    init_std=memory_init_std,
-                )
-                if memory_slots > 0
+                WorkingMemory(d_model, memory, tokens_per_step=n_tok, context=context)
+                if memory is not None
                 else None,
             )
             for _ in range(n_layer)
@@ -273,6 +264,36 @@ class DecisionTransformer(nn.Module):
     ) -> DTOutput:
         """As ``forward``, from already encoded observations (B, K, n_obs, d)."""
         B, K, n_obs, d = obs_tokens.shape
+        x = self.embed_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
+        states: list[MemoryState] = []
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            state = block.memory.initial_state(B) if block.memory is not None else None
+            x, state = block(x, state)
+            if state is not None:
+                states.append(state)
+        x = self.ln_f(x).view(B, K, -1, d)
+
+        action = self.action_head(x[:, :, n_obs])  # at the return token
+        if self.spec.action_kind == "continuous":
+            action = torch.tanh(action)
+        return_logits = reward_logits = None
+        if self.return_head is not None and self.reward_head is not None:
+            return_logits = self.return_head(x[:, :, n_obs - 1])  # at the last obs token
+            reward_logits = self.reward_head(x[:, :, n_obs + 1])  # at the action token
+        return DTOutput(action, return_logits, reward_logits, tuple(states))
+
+    def embed_tokens(
+        self,
+        obs_tokens: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """Encoded observations (B, K, n_obs, d) and the rest of the window -> the blocks'
+        input (B, L, d), L = K * n_tok, in MDT's token order, with positions."""
+        B, K, _, d = obs_tokens.shape
         spec = self.spec
         if spec.context < K:
             raise ValueError(f"window of {K} steps is longer than the context {spec.context}")
@@ -293,22 +314,4 @@ class DecisionTransformer(nn.Module):
             x = x + self.embed_timestep(t).unsqueeze(2)
         n_tok = x.shape[2]
         x = x.reshape(B, K * n_tok, d) + self.pos_emb[: K * n_tok]  # (B, L, d)
-        x = self.drop(x)
-
-        states: list[MemoryState] = []
-        for block in self.blocks:
-            assert isinstance(block, Block)
-            state = block.memory.initial_state(B) if block.memory is not None else None
-            x, state = block(x, state)
-            if state is not None:
-                states.append(state)
-        x = self.ln_f(x).view(B, K, n_tok, d)
-
-        action = self.action_head(x[:, :, n_obs])  # at the return token
-        if spec.action_kind == "continuous":
-            action = torch.tanh(action)
-        return_logits = reward_logits = None
-        if self.return_head is not None and self.reward_head is not None:
-            return_logits = self.return_head(x[:, :, n_obs - 1])  # at the last obs token
-            reward_logits = self.reward_head(x[:, :, n_obs + 1])  # at the action token
-        return DTOutput(action, return_logits, reward_logits, tuple(states))
+        return self.drop(x)

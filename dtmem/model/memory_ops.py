@@ -1,0 +1,237 @@
+"""The write recurrence of the unrolled memory (``erase="slot"``), with its gradient by hand.
+
+With P_t[i] = prod_{r<=t} (1 - g_r w_r[i]) and rows Ĉ_s[i] = w_s[i] / P_s[i] (see memory.py),
+step t of the write, addressing M_{t-1} ("previous"), is::
+
+    c_t[i] = M_0[i] . x_t + sum_{s<t} Ĉ_s[i] (a_s . x_t)       the score before the decay
+    w_t    = softmax_i( P_{t-1}[i] c_t[i] )                     write addressing
+    P_t    = P_{t-1} (1 - g_t w_t)                              what is left of each slot
+    Ĉ_t    = w_t / P_t                                          the new row
+
+Only this N-wide bookkeeping is sequential. Written with autograd it is some ten small
+operations per step, each a graph node, and the rows re-stacked every step; here the forward
+writes into preallocated buffers without a graph and the backward runs the same loop in
+reverse (``tests/test_memory.py`` checks it against finite differences and the float64
+reference loop). Addressing M_0 ("initial") has no recurrence in w: ``write_initial`` does all
+steps at once with a cumulative product.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["read", "write_initial", "write_previous"]
+
+
+class _WritePrevious(torch.autograd.Function):
+    """(s0, ax, g, decay0, rows0) -> (rows, decays, w); shapes in ``write_previous``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        s0: torch.Tensor,
+        ax: torch.Tensor,
+        g: torch.Tensor,
+        decay0: torch.Tensor,
+        rows0: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.shapes = (s0.shape, ax.shape, g.shape, decay0.shape, rows0.shape)
+        K, N = s0.shape[-2:]
+        S0 = rows0.shape[-2]
+        s0, ax, g = s0.reshape(-1, K, N), ax.reshape(-1, K, S0 + K), g.reshape(-1, K, 1)
+        HB = s0.shape[0]
+        rows = s0.new_empty(HB, S0 + K, N)  # Ĉ_s, all rows of the state
+        rows[:, :S0] = rows0.reshape(HB, S0, N)
+        P = decay0.reshape(HB, N)
+        cs, ws, Ps = [], [], [P]  # c_t, w_t, P_t: time-major, each (HB, N)
+        for t in range(K):
+            s = S0 + t
+            if s:  # c_t = M_0 . x_t + sum_{s<t} (a_s . x_t) Ĉ_s
+                c = torch.baddbmm(s0[:, t, None], ax[:, t, None, :s], rows[:, :s])[:, 0]
+            else:
+                c = s0[:, t]
+            w = torch.softmax(P * c, dim=-1)
+            P = torch.addcmul(P, P * g[:, t], w, value=-1.0)  # P_t = P_{t-1} (1 - g_t w_t)
+            torch.div(w, P, out=rows[:, s])
+            cs.append(c)
+            ws.append(w)
+            Ps.append(P)
+        w_all, decays = torch.stack(ws), torch.stack(Ps)  # (K, HB, N), (K + 1, HB, N)
+        ctx.save_for_backward(ax, g, rows, decays, w_all, torch.stack(cs))
+        rows_decays_w = (rows, decays.transpose(0, 1), w_all.transpose(0, 1))
+        ctx.mark_non_differentiable(rows_decays_w[2])
+        return rows_decays_w
+
+    @staticmethod
+    def backward(
+        ctx: Any,
+        g_rows: torch.Tensor | None,
+        g_decays: torch.Tensor | None,
+        _g_w: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        ax, g, rows, decays, w, c = ctx.saved_tensors
+        K, HB, N = w.shape
+        S0 = rows.shape[1] - K
+        gR = rows.new_zeros(rows.shape) if g_rows is None else g_rows.reshape(rows.shape)
+        gD = None if g_decays is None else g_decays.reshape(HB, K + 1, N)
+        g_c = w.new_empty(HB, K, N)  # dL/dc_t, which is also dL/ds0_t
+        g_g = g.new_empty(HB, K)
+        gP = w.new_zeros(HB, N) if gD is None else gD[:, K].clone()  # dL/dP_t, t = K first
+        for t in reversed(range(K)):
+            s = S0 + t
+            w_t, P_prev, P = w[t], decays[t], decays[t + 1]
+            g_row = gR[:, s]
+            if t + 1 < K:  # Ĉ_t enters c_r of every later step r: sum_r (a_t . x_r) dL/dc_r
+                later = ax[:, t + 1 :, s, None].transpose(1, 2)  # (HB, 1, K - t - 1)
+                g_row = torch.baddbmm(g_row[:, None], later, g_c[:, t + 1 :])[:, 0]
+            g_w = g_row / P  # Ĉ_t = w_t / P_t
+            gP.addcmul_(g_w, rows[:, s], value=-1.0)
+            g_u = gP * P_prev  # P_t = P_{t-1} u_t, u_t = 1 - g_t w_t
+            g_prev = torch.addcmul(gP, gP * g[:, t], w_t, value=-1.0)
+            g_w.addcmul_(g_u, g[:, t], value=-1.0)
+            g_g[:, t] = -torch.linalg.vecdot(g_u, w_t)
+            g_z = torch._softmax_backward_data(g_w, w_t, -1, w_t.dtype)  # w_t = softmax(z_t)
+            g_prev.addcmul_(g_z, c[t])  # z_t = P_{t-1} c_t
+            torch.mul(g_z, P_prev, out=g_c[:, t])
+            gP = g_prev if gD is None else g_prev + gD[:, t]
+        # c_t = s0_t + sum_{s < S0 + t} (a_s . x_t) Ĉ_s: the rest at once, causally
+        g_ax = g_c @ rows.transpose(1, 2)  # (HB, K, S)
+        causal = torch.ones(K, S0 + K, dtype=torch.bool, device=w.device).tril(S0 - 1)
+        g_ax.mul_(causal)
+        g_rows0 = gR[:, :S0] + ax[:, :, :S0].transpose(1, 2) @ g_c
+        grads = (g_c, g_ax, g_g, gP, g_rows0)
+        return tuple(t.reshape(shape) for t, shape in zip(grads, ctx.shapes, strict=True))
+
+
+def write_previous(
+    s0: torch.Tensor,
+    ax: torch.Tensor,
+    g: torch.Tensor,
+    decay0: torch.Tensor,
+    rows0: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K writes addressing M_{t-1}.
+
+    s0 (H, B, K, N): M_0[i] . x_t     ax (H, B, K, S0 + K): a_s . x_t     g (H, B, K): g_t
+    decay0 (H, B, N) and rows0 (H, B, S0, N): the state before the window.
+    Returns rows Ĉ (H, B, S0 + K, N), decays P_0 .. P_K (H, B, K + 1, N), and the write
+    addressing w (H, B, K, N) (not differentiable: a record, for probes).
+    """
+    H, B, K, N = s0.shape
+    rows, decays, w = _WritePrevious.apply(s0, ax, g, decay0, rows0)
+    return rows.view(H, B, -1, N), decays.view(H, B, K + 1, N), w.view(H, B, K, N)
+
+
+def write_initial(
+    s0: torch.Tensor,
+    g: torch.Tensor,
+    decay0: torch.Tensor,
+    rows0: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K writes addressing M_0: every w_t at once, P_t by a cumulative product. As above."""
+    w = torch.softmax(s0, dim=-1)  # (H, B, K, N): w_t
+    kept = torch.cumprod(1.0 - g.unsqueeze(-1) * w, dim=2)  # prod_{r<=t} (1 - g_r w_r)
+    after = decay0.unsqueeze(2) * kept  # P_1 .. P_K
+    decays = torch.cat([decay0.unsqueeze(2), after], dim=2)
+    rows = torch.cat([rows0, w / after], dim=2)
+    return rows, decays, w.detach()
+
+
+class _Read(torch.autograd.Function):
+    """(y, m0, rows, adds, decay, visible) -> (values, alpha); shapes in ``read``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        y: torch.Tensor,
+        m0: torch.Tensor,
+        rows: torch.Tensor,
+        adds: torch.Tensor,
+        decay: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        H, B, L, d_h = y.shape
+        N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
+        n_tok = L // K
+        rows_f = rows.reshape(H * B, S, N)
+        adds_f = adds.reshape(H * B, S, d_h)
+        P = decay.unsqueeze(3)  # (H, B, K, 1, N): P_{t-1} for every token of step t
+        ay = (y @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S): a_s . y_j, causal
+        z = torch.bmm(y.reshape(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
+        z.baddbmm_(ay.view(H * B, L, S), rows_f)  # M_0 . y_j + sum_s Ĉ_s (a_s . y_j)
+        z = z.view(H, B, K, n_tok, N).mul_(P)  # M_{t-1} . y_j
+        alpha = torch.softmax(z, dim=-1)
+        W = alpha * P  # α P_{t-1}
+        on = torch.bmm(W.view(H * B, L, N), rows_f.transpose(1, 2)).view(H, B, L, S)
+        on.mul_(visible)  # (α P) . Ĉ_s
+        values = torch.bmm(W.view(H, B * L, N), m0).view(H * B, L, d_h)
+        values.baddbmm_(on.view(H * B, L, S), adds_f)
+        ctx.save_for_backward(y, m0, rows, adds, decay, visible, ay, z, alpha, W, on)
+        ctx.mark_non_differentiable(alpha)
+        return values.view(H, B, L, d_h), alpha.view(H, B, L, N)
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_values: torch.Tensor, _g_alpha: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        if g_values is None:
+            return (None,) * 6
+        y, m0, rows, adds, decay, visible, ay, z, alpha, W, on = ctx.saved_tensors
+        H, B, L, d_h = y.shape
+        N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
+        n_tok = L // K
+        rows_f = rows.reshape(H * B, S, N)
+        P = decay.unsqueeze(3)
+        gV = g_values.contiguous()
+        # values = W M_0 + on A
+        g_on = (gV @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S)
+        g_adds = on.transpose(2, 3) @ gV
+        g_m0 = torch.bmm(W.view(H, B * L, N).transpose(1, 2), gV.view(H, B * L, d_h))
+        g_rows = torch.bmm(g_on.view(H * B, L, S).transpose(1, 2), W.view(H * B, L, N))
+        gW = torch.bmm(gV.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
+        gW.baddbmm_(g_on.view(H * B, L, S), rows_f)
+        g = gW.view(H, B, K, n_tok, N)
+        # W = α P
+        g_alpha_w = g * alpha
+        g_decay = g_alpha_w.sum(3)  # (H, B, K, N)
+        dot = g_alpha_w @ decay.unsqueeze(-1)  # <gα, α> with gα = gW P, (H, B, K, n_tok, 1)
+        del g_alpha_w
+        # α = softmax(z): gz = α (gα - <gα, α>); z = P raw
+        g.mul_(P).sub_(dot).mul_(alpha)  # gz
+        g_decay += (g * z).sum(3) / decay  # sum_j gz raw, raw = z / P
+        g.mul_(P)  # g_raw
+        g_raw = gW  # (H * B, L, N), the same storage as g
+        # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
+        g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
+        g_rows.baddbmm_(ay.view(H * B, L, S).transpose(1, 2), g_raw)
+        g_m0.baddbmm_(g_raw.view(H, B * L, N).transpose(1, 2), y.reshape(H, B * L, d_h))
+        g_y = torch.bmm(g_raw.view(H, B * L, N), m0).view(H, B, L, d_h)
+        g_y += g_ay @ adds
+        g_adds += g_ay.transpose(2, 3) @ y
+        return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None
+
+
+def read(
+    y: torch.Tensor,
+    m0: torch.Tensor,
+    rows: torch.Tensor,
+    adds: torch.Tensor,
+    decay: torch.Tensor,
+    visible: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token j of step t reads M_{t-1} = P_{t-1} (M_0 + Ĉ^T A)::
+
+        α_j   = softmax_i( P_{t-1}[i] ( M_0[i] . y_j + sum_{s<t} Ĉ_s[i] (a_s . y_j) ) )
+        v_j   = (α_j P_{t-1}) M_0 + sum_{s<t} ((α_j P_{t-1}) . Ĉ_s) a_s
+
+    y (H, B, L, d_h) scaled read keys; m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
+    (H, B, S, d_h); decay P_{t-1} (H, B, K, N); visible (L, S), 1 where token j may read add s.
+    Returns v (H, B, L, d_h) and α (H, B, L, N) (not differentiable: a record, for probes).
+    The elementwise work on the (L x N) scores is done in place, forward and backward.
+    """
+    values, alpha = _Read.apply(y, m0, rows, adds, decay, visible.to(y.dtype))
+    return values, alpha
