@@ -187,3 +187,51 @@ def test_config_is_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         cfg.d_model = 3  # type: ignore[misc]
     assert isinstance(cfg.memory, MemoryConfig)
+
+
+@pytest.mark.parametrize("erase", ["slot", "channel"])
+def test_memory_addressing_is_the_forward_pass_own(erase: str) -> None:
+    """The probe returns, per block, write (B, K, N) and read (B, L, N) addressing averaged
+    over heads, from the same computation as forward: the memory it ends with is forward's."""
+    from dtmem.model import memory_addressing
+    from dtmem.model.memory import DenseMemory, FactoredMemory
+
+    torch.manual_seed(0)
+    base = tiny_config()
+    assert base.memory is not None
+    cfg = base.model_copy(update={"memory": base.memory.model_copy(update={"erase": erase})})
+    model = build_model(cfg).eval()
+    b = random_batch(cfg)
+    found = memory_addressing(model, b)
+    out = run(model, b)
+    N, L = cfg.memory.slots, CONTEXT * model.spec.tokens_per_step  # type: ignore[union-attr]
+    assert len(found) == cfg.n_layer == len(out.memory)
+    for probe, state in zip(found, out.memory, strict=True):
+        assert probe.write.shape == (BATCH, CONTEXT, N) and probe.read.shape == (BATCH, L, N)
+        torch.testing.assert_close(probe.write.sum(-1), torch.ones(BATCH, CONTEXT))
+        torch.testing.assert_close(probe.read.sum(-1), torch.ones(BATCH, L))
+        if isinstance(state, FactoredMemory):
+            assert isinstance(probe.state, FactoredMemory)
+            pairs = [(probe.state.decay, state.decay), (probe.state.rows, state.rows)]
+        else:
+            assert isinstance(state, DenseMemory) and isinstance(probe.state, DenseMemory)
+            pairs = [(probe.state.memory, state.memory)]
+        for got, want in pairs:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # Causal: changing the last step changes no read or write of the earlier steps.
+    changed = memory_addressing(model, _perturb_step(b, CONTEXT - 1, "observations", 3))
+    first = found[0]
+    n_tok = model.spec.tokens_per_step
+    torch.testing.assert_close(
+        changed[0].read[:, : (CONTEXT - 1) * n_tok], first.read[:, : (CONTEXT - 1) * n_tok]
+    )
+    torch.testing.assert_close(changed[0].write[:, :-1], first.write[:, :-1])
+    assert not torch.allclose(changed[0].write[:, -1], first.write[:, -1])
+
+
+def test_memory_addressing_refuses_a_plain_dt() -> None:
+    from dtmem.model import memory_addressing
+
+    cfg = tiny_config(memory=False)
+    with pytest.raises(ValueError, match="no memory"):
+        memory_addressing(build_model(cfg), random_batch(cfg))
