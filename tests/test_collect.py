@@ -240,6 +240,29 @@ def test_cli_unknown_task_is_one_line_exit_2(tmp_path):
     assert len(errors) == 1 and "nope-v3" in errors[0] and "Traceback" not in result.output
 
 
+def test_unwritable_dataset_root_is_one_line_exit_2_before_ray(tmp_path, monkeypatch):
+    """A dataset root that cannot be written (here: under a regular file) is refused in one
+    line before Ray or any actor starts."""
+    from typer.testing import CliRunner
+
+    import pipelines.collect
+    from dtmem.cli import app
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray started despite an unwritable dataset root")
+
+    monkeypatch.setattr(pipelines.collect, "ray_session", refuse)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    overrides = [f"root={blocker / 'datasets'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"]
+    args = ["collect", str(SMOKE)] + [x for o in overrides for x in ("--set", o)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "a-file" in errors[0] and "Traceback" not in result.output
+    assert blocker.read_text() == "not a directory"
+
+
 # --- the pipeline ------------------------------------------------------------------------------
 
 
