@@ -36,10 +36,8 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -51,14 +49,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_RUNTIME_ENV",
-    "JobStores",
     "SubmitError",
     "exit_code",
-    "is_local_address",
     "load_runtime_env",
     "resolve_address",
     "resolve_auth_token",
-    "resolve_stores",
     "submit",
 ]
 
@@ -177,222 +172,6 @@ def _git_commit(cwd: Path) -> str | None:
     return commit if out.returncode == 0 and commit else None
 
 
-# --------------------------------------------------------------------------- stores
-
-# What a stage writes outside MLflow, and where it reads datasets (dotted config fields).
-_STAGES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "collect": ("dtmem.config.collect:CollectConfig", ("policy.rllib.checkpoint_dir",), "root"),
-    "pretrain": ("dtmem.config.train:PretrainConfig", ("checkpoint.dir",), "data.root"),
-    "finetune": ("dtmem.config.train:FinetuneConfig", ("checkpoint.dir",), "data.root"),
-    "evaluate": ("dtmem.config.evaluate:EvaluateConfig", (), None),
-    "sweep": ("dtmem.config.sweep:SweepConfig", ("storage_dir",), None),
-}
-_LOOPBACK = ("localhost", "::1")
-# File systems every node can mount at the same path (shared storage).
-_SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs",
-              "gpfs", "9p", "virtiofs", "fuse.")  # fmt: skip
-_SHARED_HINT = "shared storage mounted at the same path on every node"
-
-
-@dataclass(frozen=True)
-class JobStores:
-    """Where a submitted stage's results go, resolved on the submitter's side.
-
-    ``env``: forwarded in the job's environment ($MLFLOW_TRACKING_URI, $MINARI_DATASETS_PATH);
-    ``overrides``: ``--set`` arguments added to the command (a config's relative path made
-    absolute); ``summary``: one line for the user (credentials redacted)."""
-
-    env: dict[str, str]
-    overrides: tuple[str, ...]
-    summary: str
-
-
-def is_local_address(address: str) -> bool:
-    """Whether the Ray cluster at ``address`` runs on this machine (loopback host)."""
-    host = urllib.parse.urlsplit(address if "://" in address else f"http://{address}").hostname
-    return host is not None and (host in _LOOPBACK or host.startswith("127."))
-
-
-def _on_shared_fs(path: Path, mounts: str | None) -> bool:
-    """Whether ``path`` (or its nearest existing parent) lies on a network/shared mount."""
-    if mounts is None:
-        return False
-    best, fstype = "", ""
-    target = str(path)
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best):
-            best, fstype = point, fields[2]
-    return fstype.startswith(_SHARED_FS)
-
-
-def _read_mounts() -> str | None:
-    try:
-        return Path("/proc/mounts").read_text()
-    except OSError:
-        return None
-
-
-def _stage_command(command: Sequence[str]) -> tuple[str, str, list[str]] | None:
-    """``dtmem STAGE CONFIG [--set k=v ...]`` -> (stage, config, overrides); else None."""
-    if len(command) < 3 or Path(command[0]).name != "dtmem" or command[1] not in _STAGES:
-        return None
-    if command[2].startswith("-"):
-        return None
-    overrides: list[str] = []
-    args = list(command[3:])
-    for i, arg in enumerate(args):
-        if arg in ("--set", "-s") and i + 1 < len(args):
-            overrides.append(args[i + 1])
-        elif arg.startswith("--set="):
-            overrides.append(arg[len("--set=") :])
-    return command[1], command[2], overrides
-
-
-def _field(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part, None)
-        if node is None:
-            return None
-    return node
-
-
-def _place(
-    what: str, value: str, *, cwd: Path, local: bool, address: str, mounts: str | None
-) -> str:
-    """``value`` (a directory the job writes or reads) as the job must see it: absolute, and
-    reachable from the cluster's nodes; refused (SubmitError) when a remote cluster cannot
-    reach it."""
-    if "://" in value:  # object storage (s3://, gs://, ...): the same from every node
-        return value
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        if not local:
-            raise SubmitError(
-                f"{what}: {value!r} is relative: on the cluster at {address} it would land in "
-                f"Ray's temporary copy of the working directory; use {_SHARED_HINT}"
-            )
-        path = cwd / path
-    path = Path(os.path.normpath(path))
-    if not local and path.exists() and not _on_shared_fs(path, mounts):
-        raise SubmitError(
-            f"{what}: {path} is a directory on this machine, which the cluster at {address} "
-            f"cannot reach; use {_SHARED_HINT}"
-        )
-    return str(path)
-
-
-def _local_store(uri: str) -> bool:
-    """A tracking store only this machine can reach: a sqlite file, or a loopback server."""
-    if uri.startswith("sqlite:"):
-        return True
-    return uri.startswith(("http://", "https://")) and is_local_address(uri)
-
-
-def resolve_stores(
-    command: Sequence[str],
-    *,
-    address: str,
-    cwd: Path,
-    working_dir: Path,
-    environ: Mapping[str, str],
-    mounts: str | None = None,
-) -> JobStores:
-    """Resolve the tracking URI, the dataset root and the checkpoint storage of a ``dtmem``
-    stage command on the submitter's side, as the user's settings say (config, else
-    environment, else the defaults, relative paths from ``cwd``), and check a cluster can
-    reach them: on this machine (a loopback address) absolute local paths are forwarded; a
-    remote cluster gets them only when they are servers, object storage or shared mounts.
-
-    The config is read and validated here, so a bad one is refused before the job starts.
-    Any other command gets only $MLFLOW_TRACKING_URI and $MINARI_DATASETS_PATH, made absolute.
-    """
-    from dtmem.tracking import DEFAULT_TRACKING_URI, check_tracking, redact_uri
-
-    local = is_local_address(address)
-    parsed = _stage_command(command)
-    cfg: Any = None
-    storage_fields: tuple[str, ...] = ()
-    root_field = None
-    if parsed is not None:
-        import importlib
-
-        from dtmem.config.base import load_config
-
-        stage, config, sets = parsed
-        cls_path, storage_fields, root_field = _STAGES[stage]
-        module, _, name = cls_path.partition(":")
-        config_path = Path(config) if Path(config).is_absolute() else working_dir / config
-        cfg = load_config(getattr(importlib.import_module(module), name), config_path, sets)
-
-    env: dict[str, str] = {}
-    overrides: list[str] = []
-
-    # the tracking store: tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db
-    cfg_uri = _field(cfg, "tracking.uri")
-    uri = cfg_uri or environ.get("MLFLOW_TRACKING_URI") or None
-    if parsed is not None or uri:
-        uri = uri or DEFAULT_TRACKING_URI
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + os.path.normpath(cwd / uri[len("sqlite:///") :])
-        if parsed is not None and _local_store(uri) and not local:
-            raise SubmitError(
-                f"tracking store {redact_uri(uri)} is on this machine; the cluster at {address} "
-                "cannot reach it: set MLFLOW_TRACKING_URI (or tracking.uri) to a tracking "
-                "server every node reaches, e.g. http://mlflow.internal:5000"
-            )
-        if parsed is not None and (local or uri.startswith("sqlite:")):
-            try:
-                check_tracking(uri)
-            except ValueError as exc:
-                raise SubmitError(str(exc)) from None
-        env["MLFLOW_TRACKING_URI"] = uri
-        if cfg_uri and cfg_uri != uri:
-            overrides.append(f"tracking.uri={uri}")
-
-    # the dataset root: the config's, else $MINARI_DATASETS_PATH, else ~/.minari/datasets
-    # a command that is not a stage is only given absolute paths, never refused
-    place = lambda what, value: _place(  # noqa: E731
-        what, value, cwd=cwd, local=local or parsed is None, address=address, mounts=mounts
-    )
-    cfg_root = _field(cfg, root_field) if root_field else None
-    root = cfg_root or environ.get("MINARI_DATASETS_PATH") or None
-    if root is not None:
-        what = root_field if cfg_root else "MINARI_DATASETS_PATH"
-        root = place(what, root)
-        if cfg_root and cfg_root != root:
-            overrides.append(f"{root_field}={root}")
-    elif parsed is not None and local:
-        root = str(Path.home() / ".minari" / "datasets")
-    if root is not None:
-        env["MINARI_DATASETS_PATH"] = root
-
-    # checkpoints and other run directories
-    storage = []
-    for dotted in storage_fields:
-        value = _field(cfg, dotted)
-        if value is None:
-            continue
-        placed = place(dotted, str(value))
-        storage.append(placed)
-        if placed != value:
-            overrides.append(f"{dotted}={placed}")
-
-    parts = []
-    if "MLFLOW_TRACKING_URI" in env:
-        parts.append(f"MLflow {redact_uri(env['MLFLOW_TRACKING_URI'])}")
-    if root is not None:
-        parts.append(f"datasets {root}")
-    parts.extend(f"checkpoints {s}" for s in storage)
-    summary = "results: " + "; ".join(parts) if parts else ""
-    return JobStores(env=env, overrides=tuple(overrides), summary=summary)
-
-
 # --------------------------------------------------------------------------- Ray
 
 
@@ -467,6 +246,7 @@ def submit(
     ``wait=False`` the job id is printed and 0 returned at once.
     """
     from dtmem.errors import redact_text
+    from dtmem.job_stores import read_mounts, resolve_stores
 
     cwd = cwd or Path.cwd()
     environ = os.environ if environ is None else environ
@@ -481,7 +261,7 @@ def submit(
     working_dir = Path(env.get("working_dir") or cwd)
     stores = resolve_stores(
         command, address=url, cwd=cwd, working_dir=working_dir, environ=environ,
-        mounts=_read_mounts(),
+        mounts=read_mounts(),
     )  # fmt: skip
     if stores.env:
         env["env_vars"] = {**env.get("env_vars", {}), **stores.env}

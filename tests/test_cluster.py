@@ -25,15 +25,14 @@ import yaml
 from typer.testing import CliRunner
 
 from dtmem.cli import app
+from dtmem.job_stores import StoreError, is_local_address, resolve_stores
 from dtmem.submit import (
     DEFAULT_ADDRESS,
     SubmitError,
     exit_code,
-    is_local_address,
     load_runtime_env,
     resolve_address,
     resolve_auth_token,
-    resolve_stores,
 )
 from tests.cluster_fixture import (
     DTMEM,
@@ -311,7 +310,7 @@ def test_a_remote_cluster_is_refused_stores_it_cannot_reach(
     command = [*PRETRAIN, "--set", "checkpoint.dir=/shared/ck"]
     for item in sets:
         command += ["--set", item.format(tmp=tmp_path)]
-    with pytest.raises(SubmitError) as err:
+    with pytest.raises(StoreError) as err:
         resolve_stores(command, address=REMOTE, cwd=tmp_path, working_dir=REPO, environ=environ)
     message = str(err.value)
     assert expected in message and "\n" not in message
