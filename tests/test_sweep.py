@@ -23,10 +23,18 @@ from dtmem.config.train import FinetuneConfig, PretrainConfig
 from dtmem.data import synthetic
 from dtmem.sweep.base import SweepError, read_events
 from dtmem.sweep.plan import plan_sweep, resolve_base
-from dtmem.sweep.plots import plot_heatmap, plot_score
-from dtmem.sweep.results import bootstrap_ci, score_points
-from dtmem.sweep.space import SpaceError, apply_values, check_paths, grid_size, parse_space
-from dtmem.sweep.tracking import TRIAL_TAG
+from dtmem.sweep.results import bootstrap_ci, plot_heatmap, plot_score, score_points
+from dtmem.sweep.space import (
+    SpaceError,
+    apply_values,
+    check_paths,
+    grid_size,
+    parse_space,
+    short_names,
+    trial_label,
+)
+from dtmem.sweep.tracking import TRIAL_TAG, trial_config_yaml, trial_params, trial_tags
+from dtmem.sweep.trial import trial_config
 from tuning.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +154,44 @@ def test_space_forms() -> None:
     check_paths(parse_space({"data.datasets.0.weight": {"grid": [1.0]}}), PretrainConfig, {}, "s")
 
 
+def test_trials_are_named_by_what_they_vary() -> None:
+    names = short_names(["model.memory.slots", "seed", "lora.rank", "lora.alpha", "optim.lr"])
+    assert names == {
+        "model.memory.slots": "slots",
+        "seed": "seed",
+        "lora.rank": "lora.rank",
+        "lora.alpha": "lora.alpha",
+        "optim.lr": "lr",
+    }
+    assert trial_label({"model.memory.slots": 64, "seed": 1}, names) == "slots=64,seed=1"
+    assert trial_label({"lora.rank": 8, "lora.alpha": 2.0}, names) == "lora.rank=8,lora.alpha=2"
+    # two paths that would shorten alike keep their whole path
+    assert short_names(["model.seed", "seed"]) == {"model.seed": "model.seed", "seed": "seed"}
+
+
+def test_no_credential_reaches_a_trial_run(env, monkeypatch) -> None:
+    """$MLFLOW_TRACKING_URI with a user and token: a trial's params, tags and config.yaml
+    (exactly what ``trial_run`` logs) hold the URI without them."""
+    from dataclasses import replace
+
+    secret_uri = "https://alice:s3cr3t-token@mlflow.example.com:5000/?api_key=k3y"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
+    cfg = smoke(env, "secret").model_copy(
+        update={"tracking": SweepConfig.model_fields["tracking"].default_factory()}
+    )
+    plan = plan_sweep(cfg, check_data=False)
+    assert plan.spec.tracking.uri == secret_uri  # trials log to it...
+    spec = replace(plan.spec, parent_run_id="p" * 32)
+    values = {"model.memory.slots": 16, "seed": 0}
+    trial_cfg = trial_config(spec, values, "abc_00000")
+    params = trial_params(trial_cfg)
+    assert params["tracking.uri"] == "https://mlflow.example.com:5000/"  # ...and never say so
+    logged = [*params.values(), *trial_tags(spec, "abc_00000", values).values()]
+    logged.append(trial_config_yaml(trial_cfg))
+    for text in logged:
+        assert "s3cr3t" not in text and "alice" not in text and "k3y" not in text, text
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
@@ -252,7 +298,7 @@ def test_score_points_and_plots(env, tmp_path) -> None:
     ]
     rows.append({"trial_id": "t9", "status": "early_stopped", "model.memory.slots": 64})
     points, method = score_points(plan, rows, "model.memory.slots", "val/loss")
-    assert method == "bootstrap over seeds"
+    assert method == "bootstrap over 2 seeds"
     assert [(p["model.memory.slots"], p["n"]) for p in points] == [(16, 2), (64, 2)]
     assert [p["score"] for p in points] == pytest.approx([0.6, 0.3])
     assert 0.5 <= points[0]["ci_low"] <= 0.6 <= points[0]["ci_high"] <= 0.7
@@ -276,9 +322,10 @@ def test_score_points_and_plots(env, tmp_path) -> None:
 # --------------------------------------------------------------------------- with Ray
 
 
-def test_smoke_sweep(env, ray_session) -> None:
+def test_smoke_sweep(env, ray_session, capfd) -> None:
     """4 in-process trials (slots x seeds), 2 at a time, ASHA on the validation loss, final
-    models rolled out on reach-v3: one parent run, 4 nested runs, a table and a plot."""
+    models rolled out on reach-v3: one parent run, 4 nested runs named by their values, a
+    table and a plot whose score also picks the best trial; no Tune output on the terminal."""
     cfg = smoke(
         env,
         "smoke",
@@ -286,6 +333,10 @@ def test_smoke_sweep(env, ray_session) -> None:
         "envs: 2}",
     )
     result = run_sweep(cfg)
+    out = capfd.readouterr()
+    terminal = out.out + out.err
+    assert "tensorboard" not in terminal.lower() and "Trial status" not in terminal
+    assert "dtmem sweep smoke" in out.out  # the sweep's own table
     rows = result.rows
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "early_stopped"}
     assert {(r["model.memory.slots"], r["seed"]) for r in rows} == {
@@ -294,9 +345,14 @@ def test_smoke_sweep(env, ray_session) -> None:
         (64, 0),
         (64, 1),
     }
+    assert {r["trial"] for r in rows} == {f"slots={n},seed={s}" for n in (16, 64) for s in (0, 1)}
     finished = result.trials("finished")
     assert finished and result.best is not None and result.best["status"] == "finished"
-    assert result.best["val/loss"] == min(r["val/loss"] for r in finished)
+    # the best trial is the best by the plot's score (eval/return_mean, max), not ASHA's metric
+    assert result.score == "eval/return_mean" and result.score_mode == "max"
+    assert result.best["eval/return_mean"] == max(r["eval/return_mean"] for r in finished)
+    begins = [e for e in read_events(result.sweep_dir) if e["event"] == "train_begin"]
+    assert [e["threads"] for e in begins] == [1] * len(begins)  # scaling.cpus_per_worker
     for r in result.trials("early_stopped"):
         # stopped at a rung (grace period 4, reduction factor 2: steps 4 and 8). Which rung
         # depends on the order results of concurrent trials reach async ASHA.
@@ -308,8 +364,11 @@ def test_smoke_sweep(env, ray_session) -> None:
     parent = client.get_run(result.run_id)
     assert parent.data.tags["dtmem.stage"] == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.tags["dtmem.best_trial_id"] == result.best["trial_id"]
+    assert parent.data.tags["dtmem.sweep_score"] == "eval/return_mean"
     for row in rows:
         run = runs[row["trial_id"]]
+        assert run.info.run_name == row["trial"]
+        assert run.data.params["tracking.uri"] == env["uri"]
         assert run.data.params["model.memory.slots"] == str(row["model.memory.slots"])
         assert run.data.params["seed"] == str(row["seed"])
         assert run.data.tags["dtmem.stage"] == "pretrain"
@@ -320,7 +379,7 @@ def test_smoke_sweep(env, ray_session) -> None:
             assert sorted(s for s, _ in val) == [4, 8] and train == [2, 4, 6, 8]
             assert val[-1][1] == pytest.approx(row["val/loss"])
             assert 0.0 <= run.data.metrics["eval/reach-v3/success_rate"] <= 1.0
-            assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert run.outputs.model_outputs  # the final model, an MLflow logged model
         else:
             assert run.info.status == "KILLED"
             assert run.data.tags["dtmem.trial_status"] == "early_stopped"
@@ -333,7 +392,12 @@ def test_smoke_sweep(env, ray_session) -> None:
         {str(r["model.memory.slots"]) for r in finished}, key=int
     )
     assert all(float(p["ci_low"]) <= float(p["score"]) <= float(p["ci_high"]) for p in points)
-    assert points[0]["ci"].startswith("bootstrap over")
+    # the interval says what it rests on: n seeds, or one seed's episodes
+    n_seeds = {int(p["n"]) for p in points}
+    if n_seeds == {2}:
+        assert points[0]["ci"] == "bootstrap over 2 seeds"
+    else:
+        assert "episodes" in points[0]["ci"] and "seed" in points[0]["ci"]
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert plots == {"plots/score_vs_slots.png"}
     assert result.table.is_file() and all(p.is_file() for p in result.plots)
@@ -383,6 +447,9 @@ def test_resume_after_the_driver_is_killed(env, ray_session) -> None:
     assert [r["status"] for r in result.rows] == ["finished"] * 3
     events = read_events(sweep_dir)
     begins = [e for e in events if e["event"] == "train_begin"]
+    resumed = events.index(next(e for e in events if e["event"] == "sweep_resume"))
+    # one trial at a time after the resume: the second and third share one reused actor
+    assert len({e["pid"] for e in events[resumed:] if e["event"] == "train_begin"}) == 1
     assert [e["trial_id"] for e in begins].count(first) == 1  # not trained again
     assert [e["from_step"] for e in begins if e["trial_id"] == second][-1] >= 4
     for r in result.rows:

@@ -114,6 +114,12 @@ class TrialResourcesConfig(FrozenConfig):
         description="Tune restarts a failed trial this many times; it resumes from its last "
         "checkpoint (Ray Train's own restarts are off inside a sweep)",
     )
+    reuse_actors: bool = Field(
+        True,
+        description="in-process trials (executor local) run one after another in the same "
+        "Tune actor, whose process and imports stay warm; false: a fresh process per trial "
+        "(Ray Train trials always start afresh)",
+    )
 
 
 class PlotConfig(FrozenConfig):

@@ -1,12 +1,19 @@
 """The driver side of a sweep on Ray Tune: the cluster's room for trials, the ``Tuner``
 (ASHA or FIFO, basic or Optuna search) or its restore, the callback that frees an
 early-stopped trial's resources and ends its MLflow run, and the storage checks of a new or
-resumed sweep.
+resumed sweep. Ray itself is entered by the caller, through ``dtmem.ray_session``.
+
+In-process trials (``executor: local``) reuse their Ray actor for the next trial (Tune's
+``reuse_actors``): the process, its imports (torch, MLflow) and its MLflow client stay warm,
+so a trial after the first pays only its own set-up. Ray Train trials start a fresh actor
+each (their Train controller and worker group are the trial's own).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +29,7 @@ from dtmem.sweep.base import (
     TUNE_DIR,
     SweepError,
     log_event,
+    plain_values,
     read_json,
 )
 from dtmem.sweep.plan import SweepPlan
@@ -32,7 +40,7 @@ from dtmem.sweep.trial import release_train_workers, run_trial
 __all__ = [
     "build_tuner",
     "check_storage",
-    "ray_session",
+    "quiet_ray",
     "resources_per_trial",
 ]
 
@@ -116,8 +124,14 @@ def resources_per_trial(plan: SweepPlan) -> tuple[dict[str, float], int]:
 
 
 def build_tuner(
-    plan: SweepPlan, trial_resources: dict[str, float], concurrency: int, restore: bool
+    plan: SweepPlan,
+    trial_resources: dict[str, float],
+    concurrency: int,
+    restore: bool,
+    verbose: bool = False,
 ) -> Any:
+    """The ``Tuner`` of the plan (``restore``: Tune's saved state); ``verbose`` lets Tune print
+    its trial tables and hints (off: the sweep prints its own summary)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -162,15 +176,16 @@ def build_tuner(
             search_alg=search_alg,
             num_samples=cfg.num_samples,
             max_concurrent_trials=concurrency if cfg.search == "optuna" else None,
-            reuse_actors=False,
+            reuse_actors=plan.spec.executor == "local" and cfg.resources.reuse_actors,
             trial_dirname_creator=_trial_dirname,
+            trial_name_creator=lambda trial: plan.spec.label(plain_values(trial.config)),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(plan.sweep_dir),
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
             callbacks=[callback],
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -195,16 +210,30 @@ def check_storage(plan: SweepPlan, resume: bool) -> tuple[str | None, bool]:
     return str(state["run_id"]), exists and tune.Tuner.can_restore(str(plan.tune_dir))
 
 
-@contextmanager
-def ray_session() -> Iterator[None]:
-    """Ray as found ($RAY_ADDRESS, tests), else a local instance shut down afterwards."""
-    import ray
+# Ray's own loggers that talk on the driver during a sweep (Tune's experiment snapshots,
+# "Trials did not complete", Train's controller): the sweep's summary says what happened.
+_RAY_LOGGERS = ("ray.tune", "ray.train", "ray.air", "ray.util")
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
+
+@contextmanager
+def quiet_ray(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``, while the sweep runs: Tune prints nothing (its new output engine
+    prints the experiment table and the TensorBoard hint even at ``verbose=0``, so the old
+    one, silent at 0, is chosen with ``RAY_AIR_NEW_OUTPUT=0``) and Ray's loggers above only
+    errors. Everything is restored on exit."""
+    loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    engine = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        if started:
-            ray.shutdown()
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if engine is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = engine

@@ -5,9 +5,10 @@ space, the executor, the metric, the evaluation tasks, the validation data), giv
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import yaml
 
@@ -15,6 +16,7 @@ from dtmem import metrics as M
 from dtmem.config.base import ConfigError, apply_overrides, format_validation_error
 from dtmem.config.sweep import EvaluationConfig, SweepConfig, ValidationConfig
 from dtmem.config.tracking import TrackingConfig
+from dtmem.config.train import FinetuneConfig, PretrainConfig
 from dtmem.sweep.base import (
     CHECKPOINT_METRICS,
     EVAL_SUCCESS_RATE_MEAN,
@@ -22,20 +24,33 @@ from dtmem.sweep.base import (
     TUNE_DIR,
     SweepError,
 )
-from dtmem.sweep.space import Axis, apply_values, check_paths, check_values, parse_space
+from dtmem.sweep.space import (
+    Axis,
+    apply_values,
+    check_paths,
+    check_values,
+    parse_space,
+    short_names,
+    trial_label,
+)
 from dtmem.sweep.validation import validation_batches
 
 if TYPE_CHECKING:
     from dtmem.config.train import TrainConfig
+    from dtmem.training.stage import TrainPlan
 
 __all__ = [
     "RESERVED",
+    "STAGES",
     "SweepPlan",
+    "SweptStage",
     "TrialSpec",
     "plan_sweep",
     "resolve_base",
-    "stage_class",
+    "score_direction",
 ]
+
+C = TypeVar("C", PretrainConfig, FinetuneConfig)
 
 # Paths the sweep sets itself (a trial's config is the base config with these replaced).
 RESERVED: dict[str, str] = {
@@ -66,7 +81,13 @@ class TrialSpec:
     validation: ValidationConfig
     evaluation: EvaluationConfig | None
     extra_keys: tuple[str, ...]  # eval metrics reported as NaN at checkpoints (fifo only)
+    names: dict[str, str]  # swept path -> its name in trial labels (``slots``, ``lora.rank``)
+    threads: int  # torch threads of an in-process trial: the CPUs Tune reserves for it
     parent_run_id: str | None = None
+
+    def label(self, values: Mapping[str, Any]) -> str:
+        """The trial's name: what it varies (``slots=64,seed=1``)."""
+        return trial_label(values, self.names)
 
     @property
     def runs_dir(self) -> Path:
@@ -82,7 +103,8 @@ class SweepPlan:
     base_config: TrainConfig  # the validated base stage config
     spec: TrialSpec
     metrics: tuple[str, ...]  # every metric name a trial of this sweep reports
-    score: str  # the metric of the plots
+    score: str  # the metric of the plots, which also picks the best trial
+    score_mode: str  # "min" | "max": which end of ``score`` is best
     max_t: int  # the most optimiser steps a trial runs
 
     @property
@@ -94,10 +116,35 @@ class SweepPlan:
         return self.sweep_dir / TUNE_DIR
 
 
-def stage_class(stage: str) -> type[TrainConfig]:
-    from dtmem.config.train import FinetuneConfig, PretrainConfig
+@dataclass(frozen=True)
+class SweptStage(Generic[C]):
+    """A stage a sweep can run: its config class and the stage's own checks
+    (``dtmem.training.stage.prepare_*``), kept together so a trial's config reaches the
+    matching ``prepare`` with its type known."""
 
-    return PretrainConfig if stage == "pretrain" else FinetuneConfig
+    config: type[C]
+    prepare: Callable[[C], TrainPlan]
+
+    def validate(self, data: dict[str, Any]) -> C:
+        return self.config.model_validate(data)
+
+
+def _prepare_pretrain(cfg: PretrainConfig) -> TrainPlan:
+    from dtmem.training.stage import prepare_pretrain  # torch: imported in the trial only
+
+    return prepare_pretrain(cfg)
+
+
+def _prepare_finetune(cfg: FinetuneConfig) -> TrainPlan:
+    from dtmem.training.stage import prepare_finetune
+
+    return prepare_finetune(cfg)
+
+
+STAGES: dict[str, SweptStage[Any]] = {
+    "pretrain": SweptStage(PretrainConfig, _prepare_pretrain),
+    "finetune": SweptStage(FinetuneConfig, _prepare_finetune),
+}
 
 
 def resolve_base(base: str, config_dir: Path | None = None) -> Path:
@@ -157,8 +204,8 @@ def _fixed_fields(
     pretrained = getattr(base, "pretrained", None)
     if pretrained is not None and not pretrained.startswith(("runs:/", "models:/")):
         fixed["pretrained"] = str(Path(pretrained).expanduser().resolve())
-    if executor == "local":
-        fixed["scaling.ray"] = False
+    # local: the loop in the trial's own process; train: always Ray Train, even for one worker
+    fixed["scaling.ray"] = executor == "train"
     return fixed
 
 
@@ -170,7 +217,7 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
 
     from dtmem.tracking import resolve_tracking_uri
 
-    stage_cls = stage_class(cfg.stage)
+    stage_cls = STAGES[cfg.stage].config
     data = _load_base(cfg)
     axes = parse_space(cfg.space)
     check_paths(axes, stage_cls, RESERVED, "space")
@@ -186,12 +233,12 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
 
     workers = base.scaling.num_workers
     executor = cfg.resources.executor
-    if executor == "auto":
-        executor = "local" if workers == 1 or not base.scaling.ray else "train"
+    if executor == "auto":  # one worker trains in the trial's own process: no Ray Train
+        executor = "local" if workers == 1 or base.scaling.ray is False else "train"
     if executor == "local" and workers != 1:
         raise SweepError(f"resources.executor=local runs one worker; scaling.num_workers={workers}")
-    if executor == "train" and not base.scaling.ray:
-        raise SweepError("resources.executor=train needs scaling.ray=true in the base config")
+    if executor == "train" and base.scaling.ray is False:
+        raise SweepError("resources.executor=train needs scaling.ray not false in the base config")
 
     sweep_dir = Path(cfg.storage_dir).expanduser().resolve() / cfg.name
     uri = resolve_tracking_uri(cfg.tracking.uri)
@@ -227,6 +274,7 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
     score = cfg.plot.score or (M.EVAL_RETURN_MEAN if cfg.evaluation else cfg.metric)
     if score not in known:
         raise SweepError(f"plot.score {score!r}: no trial reports it; known: {', '.join(known)}")
+    score_mode = cfg.mode if score == cfg.metric else score_direction(score)
 
     max_steps = next((a for a in axes if a.path == "optim.max_steps"), None)
     max_t = int(max_steps.upper_bound()) if max_steps else base.optim.max_steps
@@ -241,10 +289,18 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
         validation=cfg.validation,
         evaluation=cfg.evaluation,
         extra_keys=extra,
+        names=short_names([a.path for a in axes]),
+        threads=max(1, int(base.scaling.cpus_per_worker)),
     )
     if check_data:
         _check_validation_data(base, cfg.validation, fixed_data["data"]["root"])
-    return SweepPlan(cfg, tuple(axes), base, spec, known, score, max_t)
+    return SweepPlan(cfg, tuple(axes), base, spec, known, score, score_mode, max_t)
+
+
+def score_direction(metric: str) -> str:
+    """Which end of a reported metric is best: losses ``min``, ``eval/`` returns and
+    success rates ``max``."""
+    return "min" if metric.split("/")[-1].startswith("loss") else "max"
 
 
 def _check_validation_data(base: TrainConfig, vcfg: ValidationConfig, root: str) -> None:

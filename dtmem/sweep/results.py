@@ -1,6 +1,14 @@
-"""The results of a sweep: one row per trial (its status, swept values, metrics and MLflow
-run, which is brought to its final status), the best trial, bootstrap confidence intervals,
-the results table and plots on the sweep's MLflow run, and the printed summary.
+"""The results of a sweep: one row per trial (its name, status, swept values, metrics and
+MLflow run, which is brought to its final status), the best trial, bootstrap confidence
+intervals, the results table and plots (matplotlib, Agg) on the sweep's MLflow run, and the
+printed summary.
+
+One score, ``SweepPlan.score`` (``plot.score``; by default the mean evaluation return with an
+evaluation, else the sweep's metric), is what the plots show and what picks the best trial;
+ASHA judges trials on the sweep's ``metric`` at every checkpoint, which can differ (a
+validation loss), since the score may exist only once a trial has ended. Each point of the
+score plot says what its interval rests on: the seeds (trials) sharing the value, or, with
+one trial per value, that trial's evaluation episodes or validation batches.
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from dtmem import metrics as M
 from dtmem.sweep.base import RESULT_FILE, RESULTS_ARTIFACT, STEP, plain_values, read_json
 from dtmem.sweep.plan import SweepPlan
-from dtmem.sweep.plots import plot_heatmap, plot_score
 from dtmem.sweep.tracking import end_trial_run, find_trial_run, mlflow_client
 
 if TYPE_CHECKING:
@@ -26,6 +33,8 @@ __all__ = [
     "best_row",
     "bootstrap_ci",
     "collect_rows",
+    "plot_heatmap",
+    "plot_score",
     "print_summary",
     "report_results",
     "score_points",
@@ -39,10 +48,11 @@ class SweepResult:
     name: str
     sweep_dir: Path
     run_id: str  # the sweep's MLflow run
-    metric: str
-    mode: str
-    rows: list[dict[str, Any]]  # trial_id, status, run_id, swept values, step, metrics...
-    best: dict[str, Any] | None
+    metric: str  # what ASHA judged at each checkpoint
+    score: str  # what the plots show and the best trial is chosen by
+    score_mode: str  # "min" | "max"
+    rows: list[dict[str, Any]]  # trial, trial_id, status, run_id, swept values, step, metrics
+    best: dict[str, Any] | None  # the finished trial with the best score
     table: Path  # results.csv in the sweep directory (also on the MLflow run)
     plots: list[Path]
     wall_s: float
@@ -62,7 +72,7 @@ def collect_rows(plan: SweepPlan, grid: Any) -> list[dict[str, Any]]:
         run_dir = spec.runs_dir / trial_id
         done = read_json(run_dir / RESULT_FILE)
         values = {a.path: plain_values(res.config).get(a.path) for a in plan.axes}
-        row: dict[str, Any] = {"trial_id": trial_id}
+        row: dict[str, Any] = {"trial": spec.label(values), "trial_id": trial_id}
         if done is not None:
             row["status"] = "finished"
             metrics = done["metrics"]
@@ -75,6 +85,9 @@ def collect_rows(plan: SweepPlan, grid: Any) -> list[dict[str, Any]]:
                 if metrics[STEP] is not None
                 else "not_started"
             )
+        if res.error is not None and done is None:
+            text = str(res.error).strip()
+            row["error"] = text.splitlines()[-1] if text else type(res.error).__name__
         row.update(values)
         row[STEP] = metrics.get(STEP)
         row.update({k: metrics.get(k) for k in plan.metrics})
@@ -143,24 +156,30 @@ def _samples(plan: SweepPlan, trial_id: str, score: str) -> list[float]:
 def score_points(
     plan: SweepPlan, rows: Sequence[Mapping[str, Any]], x: str, score: str
 ) -> tuple[list[dict[str, Any]], str]:
-    """Per value of ``x``: mean score and 95% CI over the finished trials, and which CI it is:
-    bootstrap over seeds (the trials sharing x) when every x has at least 2, else bootstrap
-    over each trial's episodes (eval/) or validation batches (val/loss)."""
+    """Per value of ``x``: mean score and 95% CI over the finished trials sharing it (``n``),
+    and what the CI rests on, in words: a bootstrap over those trials when every x has at
+    least 2 (``seeds`` when the seed is all that else varies), else over each trial's
+    evaluation episodes (eval/) or validation batches (val/loss)."""
     finished = [r for r in rows if r["status"] == "finished" and r.get(score) is not None]
     groups: dict[Any, list[Mapping[str, Any]]] = {}
     for r in finished:
         groups.setdefault(r[x], []).append(r)
     n_boot = plan.cfg.plot.bootstrap_resamples
     across = bool(groups) and all(len(g) >= 2 for g in groups.values())
-    method = (
-        "bootstrap over seeds"
-        if across
-        else (
-            "bootstrap over episodes"
-            if score.startswith("eval/")
-            else "bootstrap over validation batches"
+    others = {a.path for a in plan.axes} - {x}
+    trials = "seeds" if others <= {"seed"} else "trials"
+    sizes = sorted({len(g) for g in groups.values()})
+    span = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}" if sizes else "0"
+    if across:
+        method = f"bootstrap over {span} {trials}"
+    else:
+        units = "episodes" if score.startswith("eval/") else "validation batches"
+        one = "1 seed" if trials == "seeds" else "1 trial"
+        method = (
+            f"bootstrap over {units} of {one}"
+            if sizes == [1]
+            else f"mean of {span} {trials}, bootstrap over {units}"
         )
-    )
     points = []
     for value in sorted(groups):
         g = groups[value]
@@ -169,8 +188,8 @@ def score_points(
             mean, low, high = bootstrap_ci(scores, n_boot)
         else:
             mean = sum(scores) / len(scores)
-            units = [u for r in g for u in _samples(plan, r["trial_id"], score)]
-            _, low, high = bootstrap_ci(units, n_boot) if units else (mean, mean, mean)
+            units_ = [u for r in g for u in _samples(plan, r["trial_id"], score)]
+            _, low, high = bootstrap_ci(units_, n_boot) if units_ else (mean, mean, mean)
         points.append({x: value, "score": mean, "ci_low": low, "ci_high": high, "n": len(g)})
     return points, method
 
@@ -226,7 +245,7 @@ def report_results(
         plots.append(path)
     for p in plots:
         parent.log_artifact(p, "plots")
-    best = best_row(rows, cfg.metric, cfg.mode)
+    best = best_row(rows, plan.score, plan.score_mode)
     counts = {
         s: sum(r["status"] == s for r in rows) for s in ("finished", "early_stopped", "failed")
     }
@@ -238,12 +257,14 @@ def report_results(
         "sweep/wall_s": wall_s,
     }
     if best is not None:
-        metrics["sweep/best_score"] = float(best[cfg.metric])
+        metrics["sweep/best_score"] = float(best[plan.score])
         parent.set_tags(
             {
+                "dtmem.best_trial": best["trial"],
                 "dtmem.best_trial_id": best["trial_id"],
                 "dtmem.best_run_id": str(best["run_id"]),
                 "dtmem.sweep_metric": cfg.metric,
+                "dtmem.sweep_score": plan.score,
             }
         )
     parent.log_metrics(metrics, step=0)
@@ -252,7 +273,8 @@ def report_results(
         sweep_dir=plan.sweep_dir,
         run_id=parent.run_id,
         metric=cfg.metric,
-        mode=cfg.mode,
+        score=plan.score,
+        score_mode=plan.score_mode,
         rows=rows,
         best=best,
         table=table,
@@ -266,9 +288,9 @@ def print_summary(result: SweepResult, plan: SweepPlan) -> None:
     from rich.table import Table
 
     table = Table(title=f"dtmem sweep {result.name}")
-    columns = ["trial_id", "status", *[a.path for a in plan.axes], STEP, result.metric]
-    if plan.score != result.metric:
-        columns.append(plan.score)
+    columns = ["trial", "status", STEP, result.metric]
+    if result.score != result.metric:
+        columns.append(result.score)
     for col in columns:
         table.add_column(col, no_wrap=True)
     for row in result.rows:
@@ -279,12 +301,82 @@ def print_summary(result: SweepResult, plan: SweepPlan) -> None:
         table.add_row(*cells)
     console = Console()
     console.print(table)
+    for row in result.trials("failed"):
+        console.print(f"failed: {row['trial']} ({row['trial_id']}): {row.get('error', '?')}")
     if result.best is not None:
         console.print(
-            f"best: {result.best['trial_id']} {result.metric}={result.best[result.metric]:.4g} "
-            f"(MLflow run {result.best['run_id']})"
+            f"best by {result.score} ({result.score_mode}): {result.best['trial']} "
+            f"{result.score}={result.best[result.score]:.4g} (MLflow run {result.best['run_id']})"
         )
     console.print(
         f"{len(result.rows)} trials in {result.wall_s:.1f} s; sweep run {result.run_id}; "
         f"results {result.table}"
     )
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_score(
+    points: Sequence[Mapping[str, Any]], x: str, score: str, method: str, path: Path
+) -> Path:
+    """Score against ``x`` (log2 axis) with 95% CI error bars (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p[x] for p in points]
+    ys = [p["score"] for p in points]
+    lo = [p["score"] - p["ci_low"] for p in points]
+    hi = [p["ci_high"] - p["score"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4)
+    if xs and all(isinstance(v, int | float) and v > 0 for v in xs):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(v) for v in xs])
+    ax.set_xlabel(x)
+    ax.set_ylabel(score)
+    ax.set_title(f"{score} vs {x} (95% CI: {method})", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap(
+    rows: Sequence[Mapping[str, Any]], a: str, b: str, score: str, mode: str, path: Path
+) -> Path:
+    """Mean score of the finished trials per (a, b), averaged over the other swept values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    finished = [r for r in rows if r["status"] == "finished" and r.get(score) is not None]
+    av = sorted({r[a] for r in finished})
+    bv = sorted({r[b] for r in finished})
+    grid = np.full((len(av), len(bv)), np.nan)  # (rows: a, cols: b)
+    for i, va in enumerate(av):
+        for j, vb in enumerate(bv):
+            cell = [float(r[score]) for r in finished if r[a] == va and r[b] == vb]
+            if cell:
+                grid[i, j] = float(np.mean(cell))
+    fig, ax = plt.subplots(figsize=(1.2 * len(bv) + 2.5, 0.8 * len(av) + 2), dpi=100)
+    image = ax.imshow(grid, cmap="viridis_r" if mode == "min" else "viridis", aspect="auto")
+    for i in range(len(av)):
+        for j in range(len(bv)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(bv)), [f"{v:g}" if isinstance(v, float) else str(v) for v in bv])
+    ax.set_yticks(range(len(av)), [f"{v:g}" if isinstance(v, float) else str(v) for v in av])
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    ax.set_title(f"{score} (mean over other values)", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -44,6 +44,8 @@ __all__ = [
     "grid_size",
     "parse_space",
     "set_path",
+    "short_names",
+    "trial_label",
     "tune_param_space",
 ]
 
@@ -311,3 +313,35 @@ def check_values(
 def tune_param_space(axes: Sequence[Axis]) -> dict[str, Any]:
     """Tune's ``param_space``: flat, one key per dotted path."""
     return {a.path: a.tune_domain() for a in axes}
+
+
+# --------------------------------------------------------------------------- trial names
+
+# Sections whose name says nothing about a value (``model.memory.slots`` -> ``slots``);
+# others stay, so ``lora.rank`` is not confused with another rank.
+_PLAIN_SECTIONS = ("model.", "memory.", "optim.", "data.")
+
+
+def short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each swept path's name in trial labels: the path without leading plain sections
+    (``model.``, ``memory.``, ``optim.``, ``data.``), or the whole path where two would
+    collide."""
+    names = {}
+    for path in paths:
+        name = path
+        while name.startswith(_PLAIN_SECTIONS) and "." in name:
+            name = name.split(".", 1)[1]
+        names[path] = name
+    taken = list(names.values())
+    return {p: n if taken.count(n) == 1 else p for p, n in names.items()}
+
+
+def trial_label(values: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """A trial named by what it varies: ``slots=64,seed=1``, ``lora.rank=8,lora.alpha=2``."""
+    return ",".join(f"{names.get(p, p)}={_label_value(v)}" for p, v in values.items())
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

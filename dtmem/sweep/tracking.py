@@ -1,6 +1,12 @@
 """MLflow of the trials: a nested run per trial under the sweep's run (tag
-``mlflow.parentRunId``; ``dtmem.trial_id``), found by trial id so that a restarted trial
-continues the same run, and ended with its trial status (``dtmem.trial_status``).
+``mlflow.parentRunId``; ``dtmem.trial_id``), named by what the trial varies
+(``slots=64,seed=1``), found by trial id so that a restarted trial continues the same run,
+and ended with its trial status (``dtmem.trial_status``).
+
+Nothing logged carries a credential: the trial's config holds the resolved tracking URI
+(``$MLFLOW_TRACKING_URI`` may be ``https://user:token@host``), so its params, its
+``config.yaml`` and its tags go through ``dtmem.tracking.redact_uri`` (``trial_params``,
+``trial_tags``, ``trial_config_yaml``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ __all__ = [
     "end_trial_run",
     "find_trial_run",
     "mlflow_client",
+    "trial_config_yaml",
+    "trial_params",
     "trial_run",
+    "trial_tags",
 ]
 
 TRIAL_TAG = "dtmem.trial_id"
@@ -59,40 +68,70 @@ def find_trial_run(tracking: TrackingConfig, parent_run_id: str, trial_id: str) 
     return runs[0].info.run_id if runs else None
 
 
-def trial_run(
-    spec: TrialSpec, cfg: BaseModel, trial_id: str, values: Mapping[str, Any], tags: dict[str, str]
-) -> RunHandle:
-    """The trial's nested MLflow run: found by trial id (a restarted trial continues it) or
-    created; config as params and config.yaml, the swept values as tags."""
-    from dtmem.tracking import STAGE_TAG, RunHandle, config_params, git_commit, version_tags
+def trial_tags(spec: TrialSpec, trial_id: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """The tags of a trial's run (besides the stage's own): lineage, versions, swept values."""
+    from dtmem.tracking import STAGE_TAG, git_commit, redact_uri, version_tags
 
-    assert spec.tracking.uri is not None and spec.parent_run_id is not None
-    client = mlflow_client(spec.tracking.uri)
-    run_id = find_trial_run(spec.tracking, spec.parent_run_id, trial_id)
-    all_tags = {
+    assert spec.parent_run_id is not None, "trials run under the sweep's run"
+    tags = {
         STAGE_TAG: spec.stage,
         PARENT_TAG: spec.parent_run_id,
         TRIAL_TAG: trial_id,
         SWEEP_TAG: spec.name,
         **version_tags(),
-        **tags,
+        **spec.tracking.tags,
         **{f"sweep.{k}": str(v) for k, v in values.items()},
     }
     commit = git_commit()
     if commit:
-        all_tags["dtmem.git_commit"] = commit
+        tags["dtmem.git_commit"] = commit
+    return {k: redact_uri(v) for k, v in tags.items()}
+
+
+def trial_params(cfg: BaseModel) -> dict[str, str]:
+    """The trial's config as flat params, URIs without credentials."""
+    from dtmem.tracking import config_params, redact_uri
+
+    return {k: redact_uri(v) for k, v in config_params(cfg).items()}
+
+
+def trial_config_yaml(cfg: BaseModel) -> str:
+    """The trial's config as YAML (the run's ``config.yaml``), URIs without credentials."""
+    return yaml.safe_dump(_redacted(cfg.model_dump(mode="json")), sort_keys=False)
+
+
+def _redacted(value: Any) -> Any:
+    from dtmem.tracking import redact_uri
+
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact_uri(value) if isinstance(value, str) else value
+
+
+def trial_run(
+    spec: TrialSpec, cfg: BaseModel, trial_id: str, values: Mapping[str, Any], tags: dict[str, str]
+) -> RunHandle:
+    """The trial's nested MLflow run, named by what it varies: found by trial id (a restarted
+    trial continues it) or created; config as params and config.yaml, the swept values as
+    tags (``tags``: the stage's own, e.g. its datasets)."""
+    from dtmem.tracking import RunHandle, redact_uri
+
+    assert spec.tracking.uri is not None and spec.parent_run_id is not None
+    client = mlflow_client(spec.tracking.uri)
+    run_id = find_trial_run(spec.tracking, spec.parent_run_id, trial_id)
+    all_tags = {**trial_tags(spec, trial_id, values), **{k: redact_uri(v) for k, v in tags.items()}}
     if run_id is None:
         exp = client.get_experiment_by_name(spec.tracking.experiment)
-        run = client.create_run(
-            exp.experiment_id, tags=all_tags, run_name=f"{spec.name}-{trial_id}"
-        )
+        run = client.create_run(exp.experiment_id, tags=all_tags, run_name=spec.label(values))
         run_id = run.info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
     handle = RunHandle(run_id=run_id, uri=spec.tracking.uri)
     handle.set_tags(all_tags)
-    handle.log_params(config_params(cfg))
-    handle.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    handle.log_params(trial_params(cfg))
+    handle.log_text(trial_config_yaml(cfg), "config.yaml")
     return handle
 
 

@@ -31,7 +31,7 @@ from dtmem.sweep.base import (
     read_json,
     write_json,
 )
-from dtmem.sweep.plan import TrialSpec, stage_class
+from dtmem.sweep.plan import STAGES, TrialSpec
 from dtmem.sweep.space import apply_values
 from dtmem.sweep.tracking import end_trial_run, trial_run
 from dtmem.sweep.validation import validation_batches, validation_loss
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from dtmem.config.train import TrainConfig
     from dtmem.tracking import RunHandle
     from dtmem.training.loop import TrainJob, WorkerContext
+    from dtmem.training.stage import TrainPlan
 
 __all__ = [
     "TrialReporter",
@@ -51,6 +52,7 @@ __all__ = [
     "run_trial",
     "scores_of",
     "trial_config",
+    "trial_plan",
 ]
 
 
@@ -187,17 +189,6 @@ def evaluate_model(
 # --------------------------------------------------------------------------- the trial
 
 
-def trial_config(spec: TrialSpec, values: Mapping[str, Any], trial_id: str) -> TrainConfig:
-    """The base config with the trial's values and its name (validated)."""
-    from pydantic import ValidationError
-
-    data = apply_values(spec.base, {**values, "run_name": trial_id})
-    try:
-        return stage_class(spec.stage).model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"trial {trial_id}")) from None
-
-
 def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
     """One Tune trial: train the stage's config with ``values`` set, reporting at every
     checkpoint; then evaluate, log and mark the trial done (``RESULT_FILE``)."""
@@ -206,7 +197,6 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
     t0 = time.time()
     trial_id = tune.get_context().get_trial_id()
     values = plain_values(values)
-    cfg = trial_config(spec, values, trial_id)
     run_dir = spec.runs_dir / trial_id
     done = read_json(run_dir / RESULT_FILE)
     if done is not None:  # finished before the driver died; Tune's snapshot predates it
@@ -214,7 +204,7 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
         tune.report(done["metrics"])
         return
     log_event(spec.sweep_dir, "trial_begin", trial_id=trial_id, pid=os.getpid())
-    plan = _prepare(cfg, spec.stage)
+    cfg, plan = trial_plan(spec, values, trial_id)
     run = trial_run(spec, cfg, trial_id, values, plan.tags)
     try:
         _train_and_finish(spec, cfg, plan, run, trial_id, values, t0)
@@ -224,26 +214,36 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
         raise
 
 
-def _prepare(cfg: TrainConfig, stage: str) -> Any:
-    from dtmem.config.train import FinetuneConfig, PretrainConfig
-    from dtmem.training.stage import prepare_finetune, prepare_pretrain
+def trial_config(spec: TrialSpec, values: Mapping[str, Any], trial_id: str) -> TrainConfig:
+    """The base config with the trial's values and its name, validated."""
+    from pydantic import ValidationError
 
-    if stage == "pretrain":
-        assert isinstance(cfg, PretrainConfig)
-        return prepare_pretrain(cfg)
-    assert isinstance(cfg, FinetuneConfig)
-    return prepare_finetune(cfg)
+    data = apply_values(spec.base, {**values, "run_name": trial_id})
+    try:
+        return STAGES[spec.stage].validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"trial {trial_id}")) from None
+
+
+def trial_plan(
+    spec: TrialSpec, values: Mapping[str, Any], trial_id: str
+) -> tuple[TrainConfig, TrainPlan]:
+    """The trial's config and the stage's plan of it (every check of the stage, before any
+    compute): the stage's own ``prepare`` for its own config type."""
+    cfg = trial_config(spec, values, trial_id)
+    return cfg, STAGES[spec.stage].prepare(cfg)
 
 
 def _train_and_finish(
     spec: TrialSpec,
     cfg: TrainConfig,
-    plan: Any,
+    plan: TrainPlan,
     run: RunHandle,
     trial_id: str,
     values: Mapping[str, Any],
     t0: float,
 ) -> None:
+    import torch
     from ray import tune
 
     from dtmem.training.loop import local_context, run_worker
@@ -255,7 +255,18 @@ def _train_and_finish(
     job = plan.job(run)
     (run_dir / FINAL_FILE).unlink(missing_ok=True)  # a failed attempt's
     t_train = time.time()
-    log_event(spec.sweep_dir, "train_begin", trial_id=trial_id, from_step=plan.resume_step)
+    if spec.executor == "local":
+        # torch's intra-op threads = the CPUs Tune reserved for the trial (more would
+        # spin-wait against the trials beside it)
+        torch.set_num_threads(spec.threads)
+    log_event(
+        spec.sweep_dir,
+        "train_begin",
+        trial_id=trial_id,
+        from_step=plan.resume_step,
+        pid=os.getpid(),
+        threads=torch.get_num_threads() if spec.executor == "local" else None,
+    )
     if spec.executor == "local":
         reporter = TrialReporter(batches, tune.report, spec.extra_keys, spec.evaluation, handle=run)
         ctx = local_context(cfg.scaling.use_gpu)
