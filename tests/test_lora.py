@@ -7,14 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from dtmem.config.model import MEMORY_PROJECTIONS, LoRAConfig
+from dtmem.config.model import ATTENTION_MLP_PROJECTIONS, MEMORY_PROJECTIONS, LoRAConfig
 from dtmem.model import build_model, dt_loss
 from dtmem.model.lora import (
     LoRAError,
+    adapter_parameters_per_rank,
+    apply_lora,
     apply_lora_config,
     load_adapter,
     merge_adapter,
     parameter_counts,
+    rank_for_budget,
     save_adapter,
 )
 from tests.helpers import random_batch, run, tiny_config
@@ -108,7 +111,7 @@ def test_an_adapter_skipped_by_reading_weight_would_be_caught() -> None:
     for module in model.modules():
         if hasattr(module, "base_layer") and isinstance(module.base_layer, nn.Linear):
             base = module.base_layer
-            module.forward = lambda x, base=base: x @ base.weight.T + base.bias  # type: ignore[method-assign]
+            module.forward = lambda x, base=base: x @ base.weight.T + base.bias
     skipped = run(model, b).action
     with model.disable_adapter():
         base_out = run(model, b).action
@@ -158,3 +161,54 @@ def test_unknown_target_is_refused() -> None:
 def test_load_adapter_from_non_adapter_dir(tmp_path) -> None:
     with pytest.raises(LoRAError, match="not a LoRA adapter"):
         load_adapter(build_model(tiny_config()), tmp_path)
+
+
+def test_plain_dt_lora_on_attention_and_mlp_trains_only_those_adapters() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config("vector", memory=False)
+    lc = LoRAConfig(rank=2, alpha=4.0, modules="attention_mlp")
+    model = apply_lora_config(build_model(cfg), lc)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for layer in range(cfg.n_layer):
+        for proj in ATTENTION_MLP_PROJECTIONS:
+            assert any(f"blocks.{layer}.{proj}.lora_A" in n for n in trainable), (layer, proj)
+    assert trainable and all("lora_" in n for n in trainable)
+    expected = lc.rank * adapter_parameters_per_rank(build_model(cfg), "attention_mlp")
+    assert parameter_counts(model).trainable == expected
+    _step_and_check(model, random_batch(cfg), steps=2)
+
+
+def test_rank_for_budget_matches_dtmem_memory_lora_within_one_rank_step() -> None:
+    """A plain DT's attention+MLP LoRA sized to DT-Mem's memory-LoRA trainable count."""
+    dtmem_cfg = tiny_config("vector", d_model=40, n_head=2)
+    _, dtmem = lora_model(cfg=dtmem_cfg)
+    budget = parameter_counts(dtmem).trainable
+    plain = build_model(tiny_config("vector", memory=False, d_model=40, n_head=2))
+    per_rank = adapter_parameters_per_rank(plain, "attention_mlp")
+    rank = rank_for_budget(plain, "attention_mlp", budget)
+    got = parameter_counts(
+        apply_lora(plain, rank=rank, alpha=1.0, dropout=0.0, modules="attention_mlp")
+    ).trainable
+    assert got == rank * per_rank
+    assert abs(got - budget) <= per_rank / 2  # no other rank is nearer
+    fresh = build_model(tiny_config("vector", memory=False, d_model=40, n_head=2))
+    assert rank_for_budget(fresh, "attention_mlp", 1) == 1  # never zero
+
+
+def test_lora_rank_wider_than_the_layers_is_refused() -> None:
+    from dtmem.config.model import check_lora_fits_model
+
+    cfg = tiny_config()  # d_model 22, memory width 10
+    with pytest.raises(ValueError, match=r"lora.rank=11 is larger than 10"):
+        check_lora_fits_model(LoRAConfig(rank=11), cfg)
+    check_lora_fits_model(LoRAConfig(rank=10), cfg)
+    with pytest.raises(ValueError, match=r"lora.rank=23 is larger than 22"):
+        check_lora_fits_model(LoRAConfig(rank=23, modules="attention_mlp"), cfg)
+    with pytest.raises(LoRAError, match=r"lora.rank=11 is larger than 10"):
+        apply_lora_config(build_model(cfg), LoRAConfig(rank=11))
+
+
+def test_targets_must_belong_to_the_modules() -> None:
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        LoRAConfig(modules="attention_mlp", targets=("write_key",))
+    assert LoRAConfig(modules="attention_mlp", targets=("mlp.fc",)).targets == ("mlp.fc",)

@@ -107,7 +107,7 @@ def test_slot_count_changes_exactly_the_memory_parameters() -> None:
     bigger = cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"slots": 13 + 9})})
     n_small = sum(p.numel() for p in small.parameters())
     n_big = sum(p.numel() for p in build_model(bigger).parameters())
-    assert n_big - n_small == cfg.n_layer * 9 * cfg.memory.width  # M_0 rows only
+    assert n_big - n_small == cfg.n_layer * 9 * (cfg.memory.width or cfg.d_model)  # M_0 rows
 
 
 def test_plain_dt_has_no_memory_parameters() -> None:

@@ -8,19 +8,22 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dtmem.config.base import FrozenConfig
+from dtmem.model.lora_targets import (
+    ATTENTION_MLP_PROJECTIONS,
+    MEMORY_PROJECTIONS,
+    PROJECTIONS,
+    LoRAModules,
+)
 from dtmem.model.memory_spec import MIN_DECAY, max_erase_bound
 
-# The projections of the working memory, by module name (the spec's symbols in brackets).
-MEMORY_PROJECTIONS: tuple[str, ...] = (
-    "write_key",  # W_k
-    "write_query",  # W_q
-    "erase_gate",  # W_g
-    "add",  # W_a
-    "read_query",  # W_r
-    "read_key",  # W_rk
-    "read_value",  # W_rv
-    "out",  # W_o
-)
+__all__ = [
+    "ATTENTION_MLP_PROJECTIONS",
+    "MEMORY_PROJECTIONS",
+    "LoRAConfig",
+    "MemoryConfig",
+    "ModelConfig",
+    "check_lora_fits_model",
+]
 
 
 class MemoryConfig(FrozenConfig):
@@ -117,15 +120,28 @@ class ModelConfig(FrozenConfig):
 
 
 class LoRAConfig(FrozenConfig):
-    """peft LoRA adapters on the working memory's projections (spec section 3)."""
+    """peft LoRA adapters: on the working memory's projections (spec section 3, the default), or
+    on attention and MLP (a plain DT's counterpart at an equal trainable-parameter budget)."""
 
-    rank: int = Field(4, gt=0, description="LoRA rank r (authors' default 4).")
+    rank: int = Field(
+        4,
+        gt=0,
+        description="LoRA rank r (authors' default 4); at most the narrowest input width of "
+        "the layers it adapts.",
+    )
     alpha: float = Field(1.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    targets: tuple[str, ...] = Field(
-        MEMORY_PROJECTIONS,
+    modules: LoRAModules = Field(
+        "memory",
+        description="'memory': the working memory's projections (W_k .. W_o); "
+        "'attention_mlp': every block's attention (qkv, proj) and MLP (fc, proj).",
+    )
+    targets: tuple[str, ...] | None = Field(
+        None,
         min_length=1,
-        description=f"Memory projections that get adapters; any of {', '.join(MEMORY_PROJECTIONS)}.",
+        description="The projections of `modules` that get adapters; null: all of them. "
+        f"memory: {', '.join(MEMORY_PROJECTIONS)}; "
+        f"attention_mlp: {', '.join(ATTENTION_MLP_PROJECTIONS)}.",
     )
     train_initial_memory: bool = Field(
         False, description="Also train M_0 (not a Linear, so outside LoRA)."
@@ -133,9 +149,31 @@ class LoRAConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _check_targets(self) -> LoRAConfig:
-        unknown = [t for t in self.targets if t not in MEMORY_PROJECTIONS]
+        valid = PROJECTIONS[self.modules]
+        unknown = [t for t in self.targets or () if t not in valid]
         if unknown:
             raise ValueError(
-                f"unknown LoRA target(s) {unknown}; valid: {', '.join(MEMORY_PROJECTIONS)}"
+                f"unknown LoRA target(s) {unknown} for modules={self.modules!r}; valid: "
+                f"{', '.join(valid)}"
             )
         return self
+
+
+def check_lora_fits_model(lora: LoRAConfig, model: ModelConfig) -> None:
+    """LoRA must find its layers in ``model`` and its rank must not exceed the narrowest input
+    width among them (a larger rank adds parameters but no expressiveness)."""
+    d = model.d_model
+    if lora.modules == "memory":
+        if model.memory is None:
+            raise ValueError("lora.modules='memory': the model has no working memory")
+        d_m = model.memory.width or d
+        widths = {name: d for name in ("write_key", "erase_gate", "add", "read_query")}
+        widths.update({name: d_m for name in ("write_query", "read_key", "read_value", "out")})
+    else:
+        widths = {"attn.qkv": d, "attn.proj": d, "mlp.fc": d, "mlp.proj": 4 * d}
+    narrowest = min(widths[t] for t in lora.targets or PROJECTIONS[lora.modules])
+    if lora.rank > narrowest:
+        raise ValueError(
+            f"lora.rank={lora.rank} is larger than {narrowest}, the narrowest input width of "
+            "the layers it adapts"
+        )

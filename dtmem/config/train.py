@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from dtmem.config.base import FrozenConfig, SafeName
 from dtmem.config.data import DataConfig
-from dtmem.config.model import LoRAConfig, ModelConfig
+from dtmem.config.model import LoRAConfig, ModelConfig, check_lora_fits_model
 from dtmem.config.tracking import TrackingConfig
 
 __all__ = [
@@ -248,6 +248,8 @@ class FinetuneConfig(TrainConfig):
     def _check_model_data(self) -> FinetuneConfig:
         if self.model is not None:
             check_model_fits_data(self.model, self.data)
+            if self.mode == "lora":
+                check_lora_fits_model(self.lora, self.model)
         return self
 
 

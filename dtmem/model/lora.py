@@ -1,7 +1,8 @@
-"""LoRA fine-tuning of the working memory through peft (spec section 3).
+"""LoRA fine-tuning through peft (spec section 3).
 
-Adapters go on the memory's projections only (``W_k .. W_o``, by module name); everything
-else is frozen. Because every projection is an ``nn.Linear`` called as a module, the adapter
+Adapters go on the memory's projections (``W_k .. W_o``, by module name; the paper's method)
+or, for a plain DT at the same trainable-parameter budget (``rank_for_budget``), on every
+block's attention and MLP; everything else is frozen. Because every projection is an ``nn.Linear`` called as a module, the adapter
 sits in the computation; code that read ``.weight`` directly would silently skip it (the
 fault of the authors' release) and ``tests/test_lora.py`` would fail.
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+from dtmem.model.lora_targets import LoRAModules, target_pattern
 
 if TYPE_CHECKING:  # the model package never imports pydantic at run time
     from dtmem.config.model import LoRAConfig
@@ -53,10 +56,39 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
     )
 
 
-def target_pattern(targets: Sequence[str]) -> str:
-    """A regex matching exactly the named projections of every block's memory."""
-    names = "|".join(re.escape(t) for t in targets)
-    return rf"(.*\.)?blocks\.\d+\.memory\.({names})"
+def adapted_layers(
+    model: nn.Module, modules: LoRAModules, targets: Sequence[str] | None = None
+) -> dict[str, nn.Linear]:
+    """The Linear layers that LoRA on ``modules`` (``targets`` of them; None: all) adapts."""
+    pattern = target_pattern(modules, targets)
+    return {
+        n: m
+        for n, m in _base(model).named_modules()
+        if isinstance(m, nn.Linear) and re.fullmatch(pattern, n)
+    }
+
+
+def adapter_parameters_per_rank(
+    model: nn.Module, modules: LoRAModules, targets: Sequence[str] | None = None
+) -> int:
+    """Trainable parameters that each unit of rank adds: A (r x in) and B (out x r) per layer."""
+    return sum(
+        m.in_features + m.out_features for m in adapted_layers(model, modules, targets).values()
+    )
+
+
+def rank_for_budget(
+    model: nn.Module, modules: LoRAModules, budget: int, targets: Sequence[str] | None = None
+) -> int:
+    """The rank whose adapter count on ``modules`` is nearest to ``budget`` trainable
+    parameters (for instance DT-Mem's memory-LoRA count, to compare a plain DT at an equal
+    budget). At least 1, at most the narrowest input width of the adapted layers."""
+    layers = adapted_layers(model, modules, targets)
+    if not layers:
+        raise LoRAError(f"LoRA on {modules} matches no layer of this model")
+    per_rank = sum(m.in_features + m.out_features for m in layers.values())
+    narrowest = min(m.in_features for m in layers.values())
+    return max(1, min(narrowest, round(budget / per_rank)))
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -70,19 +102,26 @@ def apply_lora(
     rank: int,
     alpha: float,
     dropout: float,
-    targets: Sequence[str],
+    modules: LoRAModules = "memory",
+    targets: Sequence[str] | None = None,
     train_initial_memory: bool = False,
 ) -> Any:
-    """Wraps ``model`` in a peft model whose only trainable weights are the adapters
-    (and M_0 when ``train_initial_memory``). Raises LoRAError when no module matches."""
-    pattern = target_pattern(targets)
-    matched = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(pattern, n)
-    ]
-    if not matched:
+    """Wraps ``model`` in a peft model whose only trainable weights are the adapters on
+    ``modules`` (``targets`` of them; None: all), and M_0 when ``train_initial_memory``.
+    Raises LoRAError when no layer matches or the rank is wider than a layer's input."""
+    layers = adapted_layers(model, modules, targets)
+    if not layers:
+        why = (
+            "the model has no working memory (a plain DT cannot be memory-fine-tuned)"
+            if modules == "memory"
+            else "the model has no such layers"
+        )
+        raise LoRAError(f"LoRA targets {list(targets or [modules])} match no module: {why}")
+    narrowest = min(m.in_features for m in layers.values())
+    if rank > narrowest:
         raise LoRAError(
-            f"LoRA targets {list(targets)} match no module: the model has no working memory "
-            "(a plain DT cannot be memory-fine-tuned)"
+            f"lora.rank={rank} is larger than {narrowest}, the narrowest input width of the "
+            "layers it adapts"
         )
     from peft import LoraConfig, get_peft_model
 
@@ -90,7 +129,7 @@ def apply_lora(
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float works
         lora_dropout=dropout,
-        target_modules=pattern,
+        target_modules=target_pattern(modules, targets),
         bias="none",
     )
     peft_model = get_peft_model(model, config)
@@ -108,6 +147,7 @@ def apply_lora_config(model: nn.Module, cfg: LoRAConfig) -> Any:
         rank=cfg.rank,
         alpha=cfg.alpha,
         dropout=cfg.dropout,
+        modules=cfg.modules,
         targets=cfg.targets,
         train_initial_memory=cfg.train_initial_memory,
     )
