@@ -334,15 +334,23 @@ def test_a_failed_write_leaves_the_old_report(store, tmp_path, monkeypatch):
 def test_atari_uses_the_iqm_of_normalised_scores(store, tmp_path):
     mk = _Maker(store.uri, "atari")
     parent = mk.run({TAG_STAGE: STAGE, TAG_EXPERIMENT: "atari"})
+    single = mk.run({TAG_STAGE: STAGE, TAG_EXPERIMENT: "atari-one-seed"})
     rng = np.random.default_rng(1)
     scores: dict[str, list[float]] = {}
-    for seed in ("0", "1", "2", "3"):
+    for seed, made_by in (
+        ("0", parent),
+        ("1", parent),
+        ("2", parent),
+        ("3", parent),
+        ("0", single),
+    ):
         for game in ("Alien", "MsPacman", "Pong"):
             v = float(rng.normal(0.5, 0.5))
-            scores.setdefault(game, []).append(v)
+            if made_by == parent:
+                scores.setdefault(game, []).append(v)
             mk.run(
                 {
-                    TAG_EXPERIMENT_RUN: parent,
+                    TAG_EXPERIMENT_RUN: made_by,
                     TAG_STAGE: "evaluate",
                     TAG_ARM: "dtmem",
                     TAG_SEED: seed,
@@ -360,6 +368,13 @@ def test_atari_uses_the_iqm_of_normalised_scores(store, tmp_path):
     assert (cell.low, cell.high) == pytest.approx((expected.low, expected.high))
     assert "IQM of `score_normalized`" in rep.markdown
     assert "## Nodes skipped as cached" not in rep.markdown  # no nodes.json, nothing reused
+    assert "rests on one seed" not in rep.markdown
+    one = build_report(store.uri, parent, tmp_path / "one", num_resamples=100, statistic="mean")
+    assert one.cell("dtmem", "lora", "finetuned").statistic == "mean"  # as asked, not inferred
+    alone = build_report(store.uri, single, tmp_path / "single", num_resamples=100)
+    cell = alone.cell("dtmem", "lora", "finetuned")
+    assert cell.n_seeds == 1 and cell.low == cell.point == cell.high
+    assert "rests on one seed" in alone.markdown
 
 
 def test_bad_experiment_run_ids(store, tmp_path):

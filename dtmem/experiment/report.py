@@ -428,6 +428,11 @@ def _cells(
                     f"{len(tasks)} tasks that have runs"
                 )
             cells.append(_cell(key, AGGREGATE, by_task, stat, boot))
+    if any(c.n_seeds == 1 and c.measure in SCORE_MEASURES for c in cells):
+        notes.append(
+            "a cell with n=1 rests on one seed: there is nothing to resample, so its interval "
+            "is the point itself, not a measure of uncertainty"
+        )
     return cells
 
 
