@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dtmem import metrics as M
 from dtmem.experiment import (
+    EVAL_KINDS,
     NODES_ARTIFACT,
     STAGE,
     TAG_ARM,
@@ -75,7 +76,6 @@ MEASURES: dict[str, str] = {
     "finetune_wall_s": "fine-tune wall (s)",
 }
 SCORE_MEASURES = ("finetuned", "zero_shot", "pretrained", "forgetting")
-_EVAL_KINDS = ("finetuned", "zero_shot", "pretrained", "forgetting")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -284,7 +284,7 @@ def _scores(node: _Node, score_name: str) -> dict[str, float]:
 def _score_name(nodes: Iterable[_Node]) -> tuple[str, Statistic]:
     """Success rate with the mean (Meta-World), or, where evaluations carry no success rate,
     the human-normalised score with the IQM (Atari, as the paper and rliable report)."""
-    evals = [n for n in nodes if n.eval_kind in _EVAL_KINDS]
+    evals = [n for n in nodes if n.eval_kind in EVAL_KINDS]
     if any(_scores(n, "success_rate") for n in evals):
         return "success_rate", "mean"
     if any(_scores(n, "score_normalized") for n in evals):
