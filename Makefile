@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/dtmem quickstart
+	$(BIN)/dtmem experiment run pipelines/experiments/quickstart.yaml
 
 lint: setup
 	$(BIN)/ruff check .

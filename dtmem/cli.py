@@ -190,18 +190,50 @@ def ui(
     raise typer.Exit(guarded(lambda: run_ui(backend_store_uri, host, port)))
 
 
-@app.command()
-def quickstart(
-    config: Annotated[
-        Path | None, typer.Argument(help="Optional quickstart YAML.", show_default=False)
-    ] = None,
-    set_: SetOpt = None,
-) -> None:
-    """Every stage once on tiny Meta-World data: collect, pretrain DT-Mem and a plain DT,
-    LoRA fine-tune, evaluate, sweep memory slots; then a summary (the README's main job)."""
-    from pipelines.quickstart import main as run
+experiment_app = typer.Typer(
+    help="A whole study from one file: a cached, resumable DAG of the stages (make run).",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+ExperimentArg = Annotated[
+    Path, typer.Argument(help="The experiment YAML (pipelines/experiments/).", show_default=False)
+]
 
-    guarded(lambda: run(config, list(set_ or [])))
+
+def _experiment(command: str, file: Path, overrides: list[str] | None, **kw: bool) -> None:
+    """Runs ``pipelines.experiment.<command>_main`` behind the error guard; exits with its code."""
+    import pipelines.experiment as entry
+
+    main = getattr(entry, f"{command}_main")
+    raise typer.Exit(guarded(lambda: main(file, list(overrides or []), **kw)))
+
+
+@experiment_app.command("plan")
+def experiment_plan(file: ExperimentArg, set_: SetOpt = None) -> None:
+    """The DAG: nodes, edges, keys, what each node asks for, which are cached; runs nothing."""
+    _experiment("plan", file, set_)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    file: ExperimentArg,
+    set_: SetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Ray's logs too.")] = False,
+) -> None:
+    """Run every node not cached; exit 1 listing each failed node."""
+    _experiment("run", file, set_, verbose=verbose)
+
+
+@experiment_app.command("status")
+def experiment_status(file: ExperimentArg, set_: SetOpt = None) -> None:
+    """Each node's state, MLflow run and wall time, from MLflow alone."""
+    _experiment("status", file, set_)
+
+
+@experiment_app.command("report")
+def experiment_report(file: ExperimentArg, set_: SetOpt = None) -> None:
+    """Rebuild the comparison report of the experiment's latest run from MLflow."""
+    _experiment("report", file, set_)
 
 
 @app.command()
