@@ -1,27 +1,25 @@
-"""The driver of ``dtmem collect`` (``pipelines/collect.py``): what identifies a task's data
-(``fingerprint``; ``existing_summary`` reuses a dataset made by the same config), the RLlib
-agents' checkpoints, the scheduling of episode chunks on the actor pool shared with
-evaluation (``dtmem.actor_pool``) with each task's episodes written in index order by its own
-``DatasetWriter`` (``collect_tasks``), and the summary table and MLflow logging (``report``).
+"""The driver of ``dtmem collect`` (``pipelines/collect.py``): the RLlib agents' checkpoints
+(``check_checkpoints``, ``train_agents``), the collection actors (``collect_pool``, on the
+actor pool shared with evaluation, ``dtmem.actor_pool``) and the scheduling of episode chunks
+on them (``collect_tasks``): a free actor takes the next chunk of the task whose envs it
+holds, else of the task with the fewest episodes out; each chunk's episodes go to the task's
+writer (``dtmem.collect.datasets``) in index order.
 
-Ray is entered by ``pipelines/collect.py`` through ``dtmem.ray_session``; the actors come
-from ``dtmem.collect.actors``.
+Ray is entered by ``pipelines/collect.py`` through ``dtmem.ray_session``; the workers come
+from ``dtmem.collect.actors``. The names ``pipelines/collect.py`` uses from
+``dtmem.collect.datasets`` are importable from here too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,17 +28,22 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from dtmem import metrics
 from dtmem.actor_pool import PoolError, RayPool, remote_class
-from dtmem.collect.actors import CollectChunk, CollectWorker, EpisodeResult, dataset_spaces
+from dtmem.collect.actors import CollectChunk, CollectWorker, EpisodeResult
+from dtmem.collect.datasets import (
+    CollectError,
+    DatasetSummary,
+    TaskState,
+    commit,
+    drain,
+    existing_summary,
+    fingerprint,
+    report,
+)
 from dtmem.collect.policies import num_variants, plan_episodes
 from dtmem.config.collect import CollectConfig
-from dtmem.data.env_specs import recording_env_spec
-from dtmem.data.episodes import DataError, DatasetExistsError
-from dtmem.data.minari_io import DatasetInfo, DatasetWriter, open_dataset
-from dtmem.envs import env_id
 from dtmem.tracking import RunHandle
 
 __all__ = [
@@ -56,63 +59,8 @@ __all__ = [
     "train_agents",
 ]
 
-FORMAT = 1  # bump when the recorded format changes, so old datasets are not reused
 QUEUED_PER_ACTOR = 2  # chunks queued on each actor, so it never waits for the driver
 LOG_EVERY_S = 10.0  # throughput metrics at most this often
-
-
-class CollectError(ValueError):
-    """A collection that cannot run or finish as configured (one-line message)."""
-
-
-# --- what identifies a task's data -----------------------------------------------------------
-
-
-def fingerprint(cfg: CollectConfig, task: str) -> str:
-    """sha256 of everything that decides a task's episodes (not actors or chunking)."""
-    policy = cfg.policy.model_dump(mode="json")
-    if cfg.policy.rllib is not None:  # the checkpoints act, not the recipe that made them
-        policy["rllib"] = {
-            "checkpoint_dir": str(Path(cfg.policy.rllib.checkpoint_dir).expanduser().resolve()),
-            "checkpoint_iterations": list(cfg.policy.rllib.checkpoint_iterations),
-        }
-    decisive: dict[str, Any] = {
-        "format": FORMAT,
-        "suite": cfg.suite,
-        "task": task,
-        "episodes_per_task": cfg.episodes_per_task,
-        "attempts": cfg.attempts_per_task,
-        "max_steps": cfg.max_steps,
-        "keep": cfg.keep,
-        "policy": policy,
-        "seed": cfg.seed,
-    }
-    if cfg.policy.rllib is not None:
-        # batched inference decides which episodes share a forward pass: see the note on
-        # reproducibility in CheckpointPolicy
-        decisive["batching"] = [cfg.envs_per_actor, cfg.episodes_per_chunk]
-    text = json.dumps(decisive, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass
-class DatasetSummary:
-    """One dataset of the collection, as printed and logged."""
-
-    dataset_id: str
-    task: str
-    status: str  # "written" or "reused"
-    episodes: int
-    attempted: int
-    steps: int
-    return_mean: float
-    return_min: float
-    return_max: float
-    success_rate: float | None  # of the attempted episodes; None without a success signal
-    content_hash: str
-
-    def row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -130,63 +78,6 @@ class CollectResult:
     @property
     def env_steps_per_s(self) -> float:
         return self.env_steps / self.seconds if self.seconds > 0 else 0.0
-
-
-def existing_summary(cfg: CollectConfig, task: str, root: Path) -> DatasetSummary | None:
-    """The summary of the task's dataset if it exists and was made by this config; None if
-    it must be collected. Raises if it exists from another config and overwrite is off."""
-    dataset_id = cfg.dataset.dataset_id(task)
-    if not (root / dataset_id).exists():
-        return None
-    try:
-        reader = open_dataset(dataset_id, root)
-        made = (reader.metadata.get("dtmem") or {}).get("collect") or {}
-    except DataError:
-        made = {}
-    if made.get("fingerprint") == fingerprint(cfg, task) and "summary" in made:
-        digest = reader.stored_content_hash or ""
-        return DatasetSummary(**made["summary"], status="reused", content_hash=digest)
-    if cfg.overwrite:
-        return None
-    raise DatasetExistsError(
-        f"{root / dataset_id}: dataset {dataset_id!r} exists from another collection config "
-        "(set overwrite: true to replace it, or change dataset.version)"
-    )
-
-
-# --- per-task bookkeeping in the driver --------------------------------------------------------
-
-
-@dataclass
-class _TaskState:
-    """One task's progress: what is dispatched, what came back, what is written."""
-
-    task: str
-    dataset_id: str
-    wanted: int  # episodes to keep
-    attempts: int  # most episodes to try
-    variants: int
-    next_dispatch: int = 0  # next episode index to hand out
-    next_write: int = 0  # next episode index to write (or drop)
-    outstanding: int = 0  # dispatched, not yet written or dropped
-    buffer: dict[int, EpisodeResult] = field(default_factory=dict)
-    writer: DatasetWriter | None = None
-    kept: int = 0
-    returns: list[float] = field(default_factory=list)
-    steps: int = 0
-    successes: int = 0
-    with_success: bool = False
-    done: bool = False
-
-    def can_dispatch(self, all_or_successful: str) -> bool:
-        if self.done or self.next_dispatch >= self.attempts:
-            return False
-        if all_or_successful == "all":
-            return True
-        return self.kept + self.outstanding < self.wanted  # optimistic: all will succeed
-
-    def finished(self) -> bool:
-        return self.kept >= self.wanted or self.next_write >= self.attempts
 
 
 def check_checkpoints(cfg: CollectConfig, tasks: list[str]) -> None:
@@ -268,7 +159,7 @@ def collect_tasks(
     seconds of the collection phase)."""
     variants = num_variants(cfg.policy)
     states = {
-        t: _TaskState(
+        t: TaskState(
             task=t,
             dataset_id=cfg.dataset.dataset_id(t),
             wanted=cfg.episodes_per_task,
@@ -288,9 +179,9 @@ def collect_tasks(
         before = st.kept
         for r in results:
             st.buffer[r.plan.index] = r
-        _drain(st, cfg, root)
+        drain(st, cfg, root)
         if st.finished():
-            out[st.task] = summary = _commit(st, cfg)
+            out[st.task] = summary = commit(st, cfg)
             if summary.episodes < cfg.episodes_per_task:
                 console.print(
                     f"[yellow]warning[/]: {st.task}: kept {summary.episodes} of "
@@ -334,13 +225,13 @@ def _new_actor(cfg: CollectConfig) -> Callable[[], Any]:
 
 
 def _scheduler(
-    cfg: CollectConfig, states: dict[str, _TaskState], variants: int
+    cfg: CollectConfig, states: dict[str, TaskState], variants: int
 ) -> Callable[[Hashable | None], CollectChunk | None]:
     """``take(held)``: the next chunk of the task ``held`` if it has one to hand out, else of
     the task with the fewest episodes in flight (so actors spread over tasks and each builds
     few envs); None when none can be handed out now."""
 
-    def chunk_of(st: _TaskState) -> CollectChunk:
+    def chunk_of(st: TaskState) -> CollectChunk:
         n = min(cfg.episodes_per_chunk, st.attempts - st.next_dispatch)
         if cfg.keep == "successful":
             n = min(n, max(1, st.wanted - st.kept - st.outstanding))
@@ -415,118 +306,3 @@ class _Meter:
         elapsed = time.perf_counter() - self.start
         self._log(elapsed, self.rounds + 1)
         return self.episodes, self.steps, elapsed
-
-
-def _open_writer(st: _TaskState, cfg: CollectConfig, root: Path) -> DatasetWriter:
-    observation_space, action_space = dataset_spaces(cfg.suite)
-    return DatasetWriter(
-        st.dataset_id,
-        observation_space=observation_space,
-        action_space=action_space,
-        env_id=env_id(cfg.suite, st.task),
-        task=st.task,
-        root=root,
-        env_spec=recording_env_spec(env_id(cfg.suite, st.task)),  # for recover_environment()
-        author="dtmem collect",
-        overwrite=cfg.overwrite,
-        description=(
-            f"{cfg.suite} {st.task}: {cfg.policy.kind} policy, keep {cfg.keep}, "
-            f"collected by dtmem collect"
-        ),
-        algorithm_name=f"dtmem-collect/{cfg.policy.kind}",
-    )
-
-
-def _drain(st: _TaskState, cfg: CollectConfig, root: Path) -> None:
-    """Write (or drop) the buffered episodes that continue the index sequence."""
-    while not st.finished() and st.next_write in st.buffer:
-        r = st.buffer.pop(st.next_write)
-        st.next_write += 1
-        st.outstanding -= 1
-        st.with_success = r.success is not None
-        st.successes += bool(r.success)
-        if cfg.keep == "successful" and not r.success:
-            continue
-        if st.writer is None:
-            st.writer = _open_writer(st, cfg, root)
-        st.writer.add_episode(r.episode)
-        st.returns.append(r.episode_return)
-        st.steps += r.episode.num_steps
-        st.kept += 1
-
-
-def _commit(st: _TaskState, cfg: CollectConfig) -> DatasetSummary:
-    """Commit the task's dataset; its summary also goes into the dataset's metadata."""
-    st.buffer.clear()
-    if st.writer is None or st.kept == 0:
-        raise CollectError(
-            f"{st.task}: no episode kept out of {st.next_write} attempted (keep={cfg.keep})"
-        )
-    returns = np.asarray(st.returns)
-    summary = DatasetSummary(
-        dataset_id=st.dataset_id,
-        task=st.task,
-        status="written",
-        episodes=st.kept,
-        attempted=st.next_write,
-        steps=st.steps,
-        return_mean=float(returns.mean()),
-        return_min=float(returns.min()),
-        return_max=float(returns.max()),
-        success_rate=st.successes / st.next_write if st.with_success else None,
-        content_hash="",
-    )
-    st.writer.set_metadata(
-        collect={
-            "fingerprint": fingerprint(cfg, st.task),
-            "config": cfg.model_dump(mode="json"),
-            # without status and hash: a reused dataset's come from its own metadata
-            "summary": {
-                k: v for k, v in summary.row().items() if k not in ("status", "content_hash")
-            },
-        }
-    )
-    info = st.writer.commit()
-    st.done = True
-    summary.content_hash = info.content_hash or ""
-    return summary
-
-
-def report(summaries: list[DatasetSummary], run: RunHandle, console: Console, root: Path) -> None:
-    """Print the summary table; log it (CSV), per-task metrics and the hashes to MLflow."""
-    namespace = summaries[0].dataset_id.rsplit("/", 1)[0] if summaries else ""
-    table = Table(title=f"datasets in {namespace}/ under {root}", box=box.SIMPLE_HEAD)
-    for col in ("dataset", "status", "episodes", "steps", "return mean", "min", "max",
-                "success", "hash"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("dataset", "status") else "right")
-    tags: dict[str, str] = {}
-    rows = []
-    for s in summaries:
-        episodes = str(s.episodes) if s.attempted == s.episodes else f"{s.episodes}/{s.attempted}"
-        table.add_row(
-            s.dataset_id.rsplit("/", 1)[-1],
-            s.status,
-            episodes,
-            f"{s.steps:,}",
-            f"{s.return_mean:.1f}",
-            f"{s.return_min:.1f}",
-            f"{s.return_max:.1f}",
-            "-" if s.success_rate is None else f"{s.success_rate:.2f}",
-            s.content_hash[:8],
-        )
-        info = DatasetInfo(s.dataset_id, root / s.dataset_id, None, s.task, s.episodes, s.steps,
-                           s.content_hash)  # fmt: skip
-        tags.update(info.mlflow_tags())
-        rows.append(s.row())
-        values: dict[str, float] = {
-            metrics.collect_metric(s.task, "episodes"): s.episodes,
-            metrics.collect_metric(s.task, "steps"): s.steps,
-            metrics.collect_metric(s.task, "return_mean"): s.return_mean,
-        }
-        if s.success_rate is not None:
-            values[metrics.collect_metric(s.task, "success_rate")] = s.success_rate
-        run.log_metrics(values, step=0)
-    console.print(table)
-    tags["collect.datasets"] = ",".join(s.dataset_id for s in summaries)
-    run.set_tags(tags)
-    run.log_table(rows, "collect_summary.csv")
