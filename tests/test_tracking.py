@@ -71,10 +71,10 @@ def test_unreachable_stores_fail_fast_with_one_line(tmp_path) -> None:
 
 def test_config_params_are_flat_and_expand_dataset_lists() -> None:
     data = DataConfig(
-        datasets=(DatasetSpec(id="a/x-v0"), DatasetSpec(id="a/y-v0", weight=2.0)), context=5
+        datasets=(DatasetSpec(id="ns/x-v0"), DatasetSpec(id="ns/y-v0", weight=2.0)), context=5
     )
     params = config_params(data)
-    assert params["datasets.0.id"] == "a/x-v0"
+    assert params["datasets.0.id"] == "ns/x-v0"
     assert params["datasets.1.weight"] == "2.0"
     assert params["context"] == "5"
     assert params["root"] == "null"
