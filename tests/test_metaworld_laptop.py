@@ -9,6 +9,7 @@ from pathlib import Path
 from dtmem.config.train import FinetuneConfig, PretrainConfig
 from dtmem.experiment.dag import build_plan
 from dtmem.model.builder import build_model
+from dtmem.model.lora import adapter_parameters_per_rank, rank_for_budget
 
 FILE = Path(__file__).resolve().parents[1] / "pipelines" / "experiments" / "metaworld-laptop.yaml"
 ML10_TRAIN = {
@@ -45,11 +46,19 @@ def test_plan_has_ml10_three_seeds_and_every_measure():
 
 def test_arms_have_the_same_parameter_count_within_2_percent():
     plan = build_plan(FILE)
-    counts = {}
+    models = {}
     for node in plan.nodes.values():
         if node.stage == "pretrain":
             assert isinstance(node.config, PretrainConfig)
-            model = build_model(node.config.model)
-            counts[node.labels["arm"]] = sum(p.numel() for p in model.parameters())
+            models[node.labels["arm"]] = build_model(node.config.model)
+    counts = {arm: sum(p.numel() for p in m.parameters()) for arm, m in models.items()}
     assert set(counts) == {"dtmem", "dt"}
     assert abs(counts["dtmem"] - counts["dt"]) / counts["dtmem"] < 0.02, counts
+    # The file's header: the DT's LoRA on attention and MLP at rank 3 matches DT-Mem's memory
+    # LoRA at the fine-tune config's rank.
+    ft = next(n.config for n in plan.nodes.values() if n.stage == "finetune")
+    assert isinstance(ft, FinetuneConfig) and ft.lora.modules == "memory"
+    budget = ft.lora.rank * adapter_parameters_per_rank(models["dtmem"], "memory")
+    assert budget == 23_088
+    assert rank_for_budget(models["dt"], "attention_mlp", budget) == 3
+    assert 3 * adapter_parameters_per_rank(models["dt"], "attention_mlp") == 24_192
