@@ -396,3 +396,171 @@ def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session, monkeypa
     too_many = cfg.scaling.model_copy(update={"num_workers": 3})
     with pytest.raises(ValueError, match="need 3 CPUs"):
         run_pretrain(cfg.model_copy(update={"scaling": too_many, "run_name": "ray3"}))
+
+
+# --------------------------------------------------------------------------- watching a run
+
+
+def test_validation_loss_rollout_curves_and_what_the_terminal_shows(env, capsys) -> None:
+    """Held-out episodes are never trained on and give val/loss every 2 steps; rollouts of
+    the model in training give eval curves every 4; the terminal says at once what starts
+    and ends with the run id and the `dtmem ui` line."""
+    from dtmem.training.data import split_sources
+    from pipelines.pretrain import run_pretrain
+
+    cfg = load_config(
+        PretrainConfig,
+        CONFIGS / "smoke" / "pretrain.yaml",
+        [
+            *common(env, "watched"),
+            *local(8),
+            *TINY_MODEL,
+            "registry.name=null",
+            "data.datasets=[{id: dtmem/smoke/reach-v3-expert-v0, env: reach-v3}]",
+            "data.batch_size=4",
+            "validation.episodes=1",
+            "validation.every_steps=2",
+            "validation.batches=2",
+            "eval_curve.every_steps=4",
+            "eval_curve.episodes=2",
+            "eval_curve.max_steps=5",
+            "eval_curve.target_return=10.0",
+        ],
+    )
+    train, held = split_sources(cfg.data, 1)
+    for t, h in zip(train, held, strict=True):
+        assert h.episode_ids.size == 1 and t.episode_ids.size == 5  # 6 episodes each
+        assert not set(h.episode_ids) & set(t.episode_ids)
+    assert [h.episode_ids.tolist() for h in split_sources(cfg.data, 1)[1]] == [
+        h.episode_ids.tolist() for h in held
+    ]  # the same choice every time
+    result = run_pretrain(cfg)
+    run = attach(str(env["uri"]), result.run_id)
+    val = run.metric_history(M.VAL_LOSS)
+    assert [s for s, _ in val] == [2, 4, 6, 8] and all(v > 0 for _, v in val)
+    assert [s for s, _ in run.metric_history(M.VAL_LOSS_ACTION)] == [2, 4, 6, 8]
+    curve = run.metric_history(M.eval_metric("reach-v3", "return_mean"))
+    assert [s for s, _ in curve] == [4, 8]
+    success = run.metric_history(M.eval_metric("reach-v3", "success_rate"))
+    assert [s for s, _ in success] == [4, 8] and all(0.0 <= v <= 1.0 for _, v in success)
+    assert [s for s, _ in run.metric_history(M.EVAL_RETURN_MEAN)] == [4, 8]
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("dtmem pretrain: watched, 0/8 steps, in this process")
+    assert str(result.run_dir) in out[0]
+    assert result.run_id in out[-1] and "dtmem ui" in out[-1]
+
+
+def test_a_lost_tracking_server_delays_logging_but_never_duplicates_it(env, monkeypatch) -> None:
+    """The MLflow client fails (simulated at the client layer, RunHandle.log_metrics):
+    first for three calls, then the server comes back: every step lands once, in order.
+    Then it goes away from step 5 to the end: training finishes and checkpoints, the stage
+    stops with one line; run again once the server is back, it trains nothing and logs the
+    missing steps once."""
+    from dtmem.tracking import RunHandle
+    from dtmem.training import monitor
+    from pipelines.pretrain import run_pretrain
+
+    real = RunHandle.log_metrics
+    state = {"fail_calls": 3, "down_from": 10**9}
+
+    def flaky(self, metrics, step):  # type: ignore[no-untyped-def]
+        if M.TRAIN_LOSS in metrics and (state["fail_calls"] > 0 or step >= state["down_from"]):
+            state["fail_calls"] -= 1
+            raise ConnectionError("connection refused")
+        return real(self, metrics, step)
+
+    monkeypatch.setattr(RunHandle, "log_metrics", flaky)
+    monkeypatch.setattr(monitor, "FIRST_BACKOFF_S", 0.001)
+    monkeypatch.setattr(monitor, "FINAL_WAIT_S", 0.05)
+    overrides = [*common(env, "flaky"), *local(8), *TINY_MODEL, "log_every=1"]
+    cfg = load_config(PretrainConfig, CONFIGS / "smoke" / "pretrain.yaml", overrides)
+    result = run_pretrain(
+        cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"name": None})})
+    )
+    history = attach(str(env["uri"]), result.run_id).metric_history(M.TRAIN_LOSS)
+    assert [s for s, _ in history] == list(range(1, 9)) and state["fail_calls"] <= 0
+
+    down = cfg.model_copy(update={"run_name": "flaky-down"})
+    down = down.model_copy(update={"registry": down.registry.model_copy(update={"name": None})})
+    state.update(fail_calls=0, down_from=5)
+    with pytest.raises(TrackingError, match="unreachable") as exc:
+        run_pretrain(down)
+    text = _one_line_error(exc)
+    assert "steps 5..8 not logged" in text
+    run_dir = env["tmp"] / "ckpt" / "flaky-down"  # type: ignore[operator]
+    assert (run_dir / "step_00000008").is_dir()  # training went on, checkpoints written
+    state["down_from"] = 10**9  # the server is back
+    again = run_pretrain(down)
+    history = attach(str(env["uri"]), again.run_id).metric_history(M.TRAIN_LOSS)
+    assert [s for s, _ in history] == list(range(1, 9))
+    assert not (run_dir / monitor.UNLOGGED_FILE).exists()
+
+
+def test_a_foreign_optimizer_file_is_one_line_before_compute(env, no_compute) -> None:
+    """A resume whose optimizer.pt holds a pickled object (not plain tensors) ends in one
+    line and exit code 2 from the CLI, before training starts."""
+    from typer.testing import CliRunner
+
+    from dtmem.cli import app
+    from dtmem.training.checkpoint import OPTIMIZER_FILE, latest_checkpoint
+
+    run_dir = env["tmp"] / "ckpt" / "foreign"  # type: ignore[operator]
+    cfg = tiny_model_config(context=10, return_scale=100.0)
+    from dtmem.training.checkpoint import save_checkpoint
+
+    model = build_model(cfg)
+    save_checkpoint(
+        run_dir,
+        2,
+        model=model,
+        model_config=cfg,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        trainer_state={"step": 2, "loss_history": [], "scheduler": {}},
+        sampler_state={},
+        state_stats=None,
+        rank=0,
+        world_size=1,
+        keep_last=1,
+        barrier=lambda: None,
+    )
+    latest = latest_checkpoint(run_dir)
+    assert latest is not None
+    torch.save({"state": _NotATensor()}, latest / OPTIMIZER_FILE)
+    args = [
+        "pretrain",
+        str(CONFIGS / "smoke" / "pretrain.yaml"),
+        *[x for o in [*common(env, "foreign"), *local(4)] for x in ("--set", o)],
+        *[
+            x
+            for o in ["model.n_layer=1", "model.d_model=22", "model.n_head=2"]
+            for x in ("--set", o)
+        ],
+        *("--set", "model.memory={slots: 17, width: 10, heads: 2}"),
+        *("--set", "model.obs_dim=39"),
+        *("--set", "data.normalize_states=false"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "not a plain tensor file" in errors[0], result.output
+    assert OPTIMIZER_FILE in errors[0] and "Traceback" not in result.output
+
+
+class _NotATensor:
+    """Something ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+def test_a_nearly_full_disk_is_refused_before_compute(env, no_compute, monkeypatch) -> None:
+    import shutil as sh
+
+    from dtmem.training.checks import RunDirError
+    from pipelines.pretrain import main
+
+    real = sh.disk_usage
+    monkeypatch.setattr(
+        "dtmem.training.checks.shutil.disk_usage",
+        lambda p: real(p)._replace(free=10 * 2**20),
+    )
+    with pytest.raises(RunDirError, match="10 MB free") as exc:
+        main(CONFIGS / "smoke" / "pretrain.yaml", [*common(env, "full"), *local(4), *TINY_MODEL])
+    _one_line_error(exc)

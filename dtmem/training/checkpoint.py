@@ -21,8 +21,9 @@ interrupted save leaves only a ``.tmp-*`` directory that nothing loads and the n
 deletes. Nothing here is unpickled: weights are safetensors, the optimiser state is read
 with ``torch.load(weights_only=True)``, the rest is JSON.
 
-``load_checkpoint_model(ref)`` loads a model for evaluation from a directory, an MLflow run
-(``runs:/<id>``) or a registered version (``models:/<name>@<alias>``, ``models:/<name>/<v>``).
+``load_checkpoint_model(ref)`` loads a model for evaluation from a directory, an MLflow
+logged model (``models:/<model id>``: what training logs), a run (``runs:/<id>``: its logged
+model) or a registered version (``models:/<name>@<alias>``, ``models:/<name>/<v>``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "load_model_dir",
     "load_training_state",
     "load_weights",
+    "read_optimizer_state",
     "read_trainer_state",
     "resolve_model_dir",
     "save_checkpoint",
@@ -71,7 +73,7 @@ TRAINER_FILE = "trainer.json"
 MANIFEST_FILE = "manifest.json"
 FINAL_MODEL = "final/model"
 FINAL_ADAPTER = "final/adapter"
-ARTIFACT_MODEL = "checkpoint"  # the MLflow artifact directory of the exported model
+ARTIFACT_MODEL = "checkpoint"  # runs:/<id> of a run without a logged model: this directory
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -265,6 +267,25 @@ def clean_incomplete(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+def read_optimizer_state(checkpoint: str | Path, device: torch.device | str = "cpu") -> Any:
+    """The optimiser state of a checkpoint: tensors, numbers and lists only
+    (``weights_only``); anything else (a pickled object, a truncated or foreign file) is a
+    one-line ``CheckpointError``."""
+    import pickle
+
+    file = Path(checkpoint) / OPTIMIZER_FILE
+    try:
+        return torch.load(file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: not a plain tensor file ({first[:200]}); delete this checkpoint to "
+            "resume from the one before"
+        ) from None
+
+
 def load_training_state(
     checkpoint: str | Path,
     *,
@@ -289,8 +310,7 @@ def load_training_state(
             "(the data position is per worker: resume with the same scaling.num_workers)"
         )
     load_weights(model, checkpoint / MODEL_FILE, device)
-    opt_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location=device, weights_only=True)
-    optimizer.load_state_dict(opt_state)
+    optimizer.load_state_dict(read_optimizer_state(checkpoint, device))
     rank_state = _read_json(checkpoint / f"rank{rank}.json")
     rng = load_file(str(checkpoint / f"rng_rank{rank}.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
@@ -367,9 +387,11 @@ def resolve_model_dir(
 
     - a model directory (has model_config.json), or a run directory (its ``final/model``,
       else its latest training checkpoint);
-    - ``runs:/<run_id>[/<artifact dir>]`` (default artifact dir ``checkpoint``) or
-      ``models:/<name>@<alias>`` / ``models:/<name>/<version>``: the run's artifacts are
-      downloaded once into ``cache_dir`` (default ``$DTMEM_CACHE`` or ~/.cache/dtmem).
+    - ``models:/<model_id>`` (a training run's logged model), ``runs:/<run_id>`` (that run's
+      logged model; ``runs:/<run_id>/<artifact dir>`` a directory of its artifacts),
+      ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (a registered version): the
+      files are downloaded once into ``cache_dir`` (default ``$DTMEM_CACHE`` or
+      ~/.cache/dtmem).
     """
     text = str(ref)
     if not text.startswith(("runs:/", "models:/")):
@@ -394,6 +416,7 @@ def resolve_model_dir(
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
+    text = _run_model(text, uri)
     art = resolve_artifact_ref(text, uri, default_path=ARTIFACT_MODEL)
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
     local = root / art.run_id / art.artifact_path
@@ -414,6 +437,22 @@ def resolve_model_dir(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return local
+
+
+def _run_model(ref: str, uri: str) -> str:
+    """``runs:/<run_id>`` (no path) of a training run -> its logged model's ``models:/`` URI
+    (tag ``dtmem.model_uri``); any other reference unchanged."""
+    rest = ref.removeprefix("runs:/").strip("/") if ref.startswith("runs:/") else ""
+    if not rest or "/" in rest:
+        return ref
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri=uri).get_run(rest).data.tags
+    except MlflowException:
+        return ref  # resolve_artifact_ref says what is wrong
+    return tags.get("dtmem.model_uri", ref)
 
 
 def load_checkpoint_model(

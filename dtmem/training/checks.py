@@ -23,6 +23,7 @@ from dtmem.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     read_model_config,
+    read_optimizer_state,
     read_trainer_state,
 )
 
@@ -124,6 +125,7 @@ def resume_info(run_dir: Path, model_config: ModelConfig, num_workers: int) -> t
             f"({first_difference(saved, model_config)}); use another run_name"
         )
     state = read_trainer_state(latest)
+    read_optimizer_state(latest)  # a foreign or pickled file fails here, before any compute
     if state["manifest"]["world_size"] != num_workers:
         raise CheckpointError(
             f"{latest}: saved by {state['manifest']['world_size']} workers, "

@@ -46,14 +46,16 @@ def run_stage(plan: TrainPlan, title: str) -> TrainResult:
     if done is not None:
         console.print(
             f"dtmem {title}: run {plan.run_name} finished before ({done.steps} steps); "
-            "left alone. Set run_name to train a new one."
+            "left alone. Set run_name to train a new one.",
+            soft_wrap=True,
         )
         _print_summary(console, title, done, plan)
         return done
     where = "in this process" if not cfg.scaling.on_ray else f"{cfg.scaling.num_workers} workers"
     console.print(
         f"dtmem {title}: {plan.run_name}, {plan.resume_step}/{cfg.optim.max_steps} steps, "
-        f"{where}; checkpoints in {plan.run_dir}, MLflow {redact_uri(plan.tracking_uri)}"
+        f"{where}; checkpoints in {plan.run_dir}, MLflow {redact_uri(plan.tracking_uri)}",
+        soft_wrap=True,
     )
     t0 = time.perf_counter()
     with (
@@ -118,4 +120,5 @@ def _print_summary(console: Any, title: str, result: TrainResult, plan: TrainPla
     from dtmem.training.report import summary_table, ui_hint
 
     console.print(summary_table(f"dtmem {title}", summary_rows(result, plan)))
-    console.print(ui_hint(plan.tracking_uri, plan.cfg.tracking.experiment, result.run_id))
+    hint = ui_hint(plan.tracking_uri, plan.cfg.tracking.experiment, result.run_id)
+    console.print(hint, soft_wrap=True, markup=False)
