@@ -177,11 +177,11 @@ class WorkingMemory(nn.Module):
                 f"window of {K} steps is longer than the memory's context {self.context}"
             )
         scale = 1.0 / math.sqrt(d_h)
-        e = h.view(B, K, n_tok, -1)[:, :, -1]  # (B, K, d): step summaries e_t
+        e = h.view(B, K, n_tok, -1)[:, :, -1].contiguous()  # (B, K, d): step summaries e_t
         x = self._split(self.write_query(self.write_key(e)) * scale)  # (H, B, K, d_h)
         a = self._split(self.add(e))  # (H, B, K, d_h): a_t
         g = self.max_erase * torch.sigmoid(self.erase_gate(e))  # (B, K, H) or (B, K, d_m)
-        y = self._split(self.read_key(self.read_query(h)) * scale)  # (H, B, L, d_h)
+        y = self._split(self.read_key(self.read_query(h)))  # (H, B, L, d_h), not yet scaled
         new_state: MemoryState
         if isinstance(state, FactoredMemory):
             if self.erase != "slot":
@@ -208,7 +208,7 @@ class WorkingMemory(nn.Module):
         """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
-        y (H, B, L, d_h) scaled read keys. Returns values (H, B, L, d_h), the new state, the
+        y (H, B, L, d_h) read keys (unscaled). Returns values (H, B, L, d_h), the new state, the
         write addressing (H, B, K, N) and the read addressing (H, B, L, N).
         """
         H, B, K, d_h = x.shape
@@ -231,7 +231,7 @@ class WorkingMemory(nn.Module):
         visible = torch.cat(
             [self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1
         ).repeat_interleave(n_tok, dim=0)  # (L, S): may token j read add s?
-        values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible)
+        values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, 1.0 / math.sqrt(d_h))
         new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
         return values, new_state, w, alpha
 
@@ -249,7 +249,7 @@ class WorkingMemory(nn.Module):
         Returns as ``_write_read_factored``."""
         H, B, K, d_h = x.shape
         n_tok = y.shape[2] // K
-        y = y.view(H, B, K, n_tok, d_h)
+        y = y.reshape(H, B, K, n_tok, d_h) / math.sqrt(d_h)  # scaled read keys
         m0 = self._heads_of_memory().unsqueeze(1)  # (H, 1, N, d_h)
         M = memory  # (H, B, N, d_h)
         values, reads, writes = [], [], []

@@ -152,8 +152,10 @@ class _Read(torch.autograd.Function):
         adds: torch.Tensor,
         decay: torch.Tensor,
         visible: torch.Tensor,
+        scale: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
+        ctx.scale = scale
         H, B, L, d_h = y.shape
         N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
         n_tok = L // K
@@ -163,7 +165,7 @@ class _Read(torch.autograd.Function):
         ay = (y @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S): a_s . y_j, causal
         z = torch.bmm(y.reshape(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
         z.baddbmm_(ay.view(H * B, L, S), rows_f)  # M_0 . y_j + sum_s Ĉ_s (a_s . y_j)
-        z = z.view(H, B, K, n_tok, N).mul_(P)  # M_{t-1} . y_j
+        z = z.view(H, B, K, n_tok, N).mul_(P * scale)  # M_{t-1} . y_j / sqrt(d_h)
         alpha = torch.softmax(z, dim=-1)
         W = alpha * P  # α P_{t-1}
         on = torch.bmm(W.view(H * B, L, N), rows_f.transpose(1, 2)).view(H, B, L, S)
@@ -179,7 +181,7 @@ class _Read(torch.autograd.Function):
         ctx: Any, g_values: torch.Tensor, _g_alpha: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         if g_values is None:
-            return (None,) * 6
+            return (None,) * 7
         y, m0, rows, adds, decay, visible, ay, z, alpha, W, on = ctx.saved_tensors
         H, B, L, d_h = y.shape
         N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
@@ -203,7 +205,7 @@ class _Read(torch.autograd.Function):
         # α = softmax(z): gz = α (gα - <gα, α>); z = P raw
         g.mul_(P).sub_(dot).mul_(alpha)  # gz
         g_decay += (g * z).sum(3) / decay  # sum_j gz raw, raw = z / P
-        g.mul_(P)  # g_raw
+        g.mul_(P * ctx.scale)  # g_raw
         g_raw = gW  # (H * B, L, N), the same storage as g
         # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
         g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
@@ -212,7 +214,7 @@ class _Read(torch.autograd.Function):
         g_y = torch.bmm(g_raw.view(H, B * L, N), m0).view(H, B, L, d_h)
         g_y += g_ay @ adds
         g_adds += g_ay.transpose(2, 3) @ y
-        return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None
+        return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None, None
 
 
 def read(
@@ -222,16 +224,18 @@ def read(
     adds: torch.Tensor,
     decay: torch.Tensor,
     visible: torch.Tensor,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every token j of step t reads M_{t-1} = P_{t-1} (M_0 + Ĉ^T A)::
 
-        α_j   = softmax_i( P_{t-1}[i] ( M_0[i] . y_j + sum_{s<t} Ĉ_s[i] (a_s . y_j) ) )
+        α_j   = softmax_i( scale P_{t-1}[i] ( M_0[i] . y_j + sum_{s<t} Ĉ_s[i] (a_s . y_j) ) )
         v_j   = (α_j P_{t-1}) M_0 + sum_{s<t} ((α_j P_{t-1}) . Ĉ_s) a_s
 
-    y (H, B, L, d_h) scaled read keys; m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
+    y (H, B, L, d_h) read keys (``scale``, 1 / sqrt(d_h), is applied to the scores, which
+    costs nothing there, instead of to y); m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
     (H, B, S, d_h); decay P_{t-1} (H, B, K, N); visible (L, S), 1 where token j may read add s.
     Returns v (H, B, L, d_h) and α (H, B, L, N) (not differentiable: a record, for probes).
     The elementwise work on the (L x N) scores is done in place, forward and backward.
     """
-    values, alpha = _Read.apply(y, m0, rows, adds, decay, visible.to(y.dtype))
+    values, alpha = _Read.apply(y, m0, rows, adds, decay, visible.to(y.dtype), scale)
     return values, alpha
