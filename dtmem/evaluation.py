@@ -149,6 +149,12 @@ def _scheduler(units: Sequence[WorkUnit]) -> Callable[[Hashable | None], WorkUni
     return take
 
 
+# Below this many env steps a local evaluation runs in this process even when it could use
+# several actors: starting Ray (~7 s measured) and the actors (~3 s) costs more than a second
+# worker saves at ~170 steps/s per worker (the default small model, one core), 10 s x 170 x 2.
+IN_PROCESS_MAX_STEPS = 3_000
+
+
 def _ray_running() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
@@ -160,20 +166,23 @@ def open_pool(
     num_actors: int,
     envs_per_actor: int,
     units: int | None = None,
+    steps: int | None = None,
     cpus_per_actor: float = 1.0,
     greedy: bool = False,
     max_failures: int = 3,
 ) -> Iterator[EvalPool]:
     """A warm pool for ``payload``: ``num_actors`` Ray actors (never more than ``units`` nor
-    than the CPUs can place), or one worker in this process when that is all the pool would
-    be and it would run on this machine (no Ray cluster given): an actor would only add its
-    start-up. Ray, where used, is entered through ``dtmem.ray_session``."""
+    than the CPUs can place), or one worker in this process where Ray would buy nothing: on
+    this machine (no Ray running, no ``$RAY_ADDRESS``), when the pool would be one worker or
+    the work (``steps``, the most env steps it can take) is under ``IN_PROCESS_MAX_STEPS``.
+    Ray, where used, is entered through ``dtmem.ray_session``."""
     from dtmem.ray_session import ray_session
 
     wanted = max(1, min(num_actors, units if units is not None else num_actors))
     cluster = _ray_running() or bool(os.environ.get("RAY_ADDRESS"))
     crash_marker = os.environ.get(CRASH_MARKER_ENV) or None
-    if not cluster and min(wanted, int(local_cpus() // cpus_per_actor)) <= 1:
+    small = steps is not None and steps <= IN_PROCESS_MAX_STEPS
+    if not cluster and (small or min(wanted, int(local_cpus() // cpus_per_actor)) <= 1):
         # (no crash_marker here: its abrupt exit would take this process with it)
         worker = EvalWorker(payload, greedy=greedy, torch_threads=max(1, int(cpus_per_actor)))
         pool: LocalPool[Any] | RayPool[Any] = LocalPool(worker)
@@ -223,6 +232,7 @@ def evaluate(
         num_actors=num_actors,
         envs_per_actor=envs_per_actor,
         units=units,
+        steps=sum(r.episodes * r.max_steps for r in requests),
         cpus_per_actor=cpus_per_actor,
         greedy=greedy,
         max_failures=max_failures,

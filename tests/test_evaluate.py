@@ -409,6 +409,9 @@ def test_in_process_pool_without_ray_gives_the_same_episodes_and_stays_warm(
         second = pool.evaluate(req, seed=4)
         assert pool.pool.worker.envs.builds == 1  # type: ignore[union-attr]
     assert torch.get_num_threads() == threads  # the worker gave the setting back
+    # a small evaluation stays in this process even when two workers were asked for
+    with evaluation.open_pool(loaded, num_actors=2, envs_per_actor=2, units=3, steps=45) as pool:
+        assert pool.in_process
     assert _returns(first, "reach-v3") == _returns(baseline, "reach-v3")
     assert _returns(second, "reach-v3") == _returns(baseline, "reach-v3")
 
