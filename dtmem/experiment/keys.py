@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,8 @@ def code_version(roots: Iterable[Path] | None = None) -> str:
     the three packages of this checkout), in path order; 16 hex digits."""
     if roots is None:
         roots = tuple(_repo_root() / p for p in CODE_PACKAGES)
-    return _code_version(tuple(Path(r).resolve() for r in roots))
-
-
-@lru_cache(maxsize=8)
-def _code_version(roots: tuple[Path, ...]) -> str:
     sha = hashlib.sha256(b"dtmem-code-v1\0")
-    for root in roots:
+    for root in (Path(r).resolve() for r in roots):
         for file in sorted(root.rglob("*.py")):
             if "__pycache__" in file.parts:
                 continue

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class NodeOutcome:
     error: str = ""
     outputs: list[Output] = field(default_factory=list)
     overhead_s: float = 0.0  # cache check + binding + recording, outside the stage itself
+    start_s: float = 0.0  # time.perf_counter() when it started (ran nodes)
 
     def checkpoint(self) -> str | None:
         return next((o.path for o in self.outputs if o.kind == "checkpoint"), None)
@@ -322,7 +324,11 @@ def _run_node(ctx: _Context, node: Node, found: Lookup) -> NodeOutcome:
     # num_cpus=0: the node's Train workers / actors reserve the CPUs (the scheduler bounds
     # how many nodes are in flight); a separate process keeps stages that are not
     # thread-safe (matplotlib, MLflow's fluent API) apart.
-    task = ray.remote(num_cpus=0, max_retries=0)(_timed_execute)
+    from dtmem.training.faults import forwarded
+
+    env = forwarded()  # the tests' fault switches reach the node's process (none otherwise)
+    options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
+    task = ray.remote(num_cpus=0, max_retries=0)(_timed_execute).options(**options)
     try:
         run_id, outputs, stage_s = ray.get(task.remote(node, cfg, tracking, ctx.root))
     except Exception as exc:  # the node failed: its downstream is skipped, others go on
@@ -339,7 +345,13 @@ def _run_node(ctx: _Context, node: Node, found: Lookup) -> NodeOutcome:
         ctx.client.delete_tag(run_id, TAG_REPLACES)
     wall = time.perf_counter() - t0
     return NodeOutcome(
-        node.name, "ran", run_id, wall, outputs=outputs, overhead_s=max(0.0, wall - stage_s)
+        node.name,
+        "ran",
+        run_id,
+        wall,
+        outputs=outputs,
+        overhead_s=max(0.0, wall - stage_s),
+        start_s=t0,
     )
 
 
@@ -351,7 +363,7 @@ def _timed_execute(
     return run_id, outputs, time.perf_counter() - t0
 
 
-def _schedule(ctx: _Context, capacity: dict[str, float], max_parallel: int) -> None:
+def _schedule(ctx: _Context, capacity: Callable[[], dict[str, float]], max_parallel: int) -> None:
     plan = ctx.plan
     pending = list(plan.nodes)
     running: dict[Future[NodeOutcome], tuple[str, dict[str, float]]] = {}
@@ -398,8 +410,8 @@ def _schedule(ctx: _Context, capacity: dict[str, float], max_parallel: int) -> N
                         )
                     )
                     continue
-                need = fit_resources(dict(node.resources), capacity)
-                if running and (len(running) >= max_parallel or not _fits(need, used, capacity)):
+                need = fit_resources(dict(node.resources), capacity())
+                if running and (len(running) >= max_parallel or not _fits(need, used, capacity())):
                     continue
                 pending.remove(name)
                 for k, v in need.items():
@@ -473,12 +485,19 @@ def run_experiment(
                 say=say,
             )
             say(f"experiment {spec.name}: {len(plan.nodes)} nodes, MLflow run {parent_id}")
-            with ray_session(verbose=verbose) as ray:
-                resources = ray.cluster_resources()
-                capacity = {
-                    "CPU": float(resources.get("CPU", 1.0)),
-                    "GPU": float(resources.get("GPU", 0.0)),
-                }
+            with ExitStack() as stack:
+                cap: dict[str, float] = {}
+
+                def capacity() -> dict[str, float]:
+                    """Ray is entered when the first node must run: a cached rerun needs none."""
+                    if not cap:
+                        ray = stack.enter_context(ray_session(verbose=verbose))
+                        found = ray.cluster_resources()
+                        cap.update(
+                            CPU=float(found.get("CPU", 1.0)), GPU=float(found.get("GPU", 0.0))
+                        )
+                    return cap
+
                 max_parallel = spec.resources.max_parallel or max(1, len(plan.nodes))
                 _schedule(ctx, capacity, max_parallel)
             ordered = {n: outcomes[n] for n in plan.nodes}
