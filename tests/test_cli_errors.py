@@ -101,6 +101,18 @@ def test_an_unreachable_tracking_server_is_one_line_without_its_credentials(cwd:
     assert _left_behind(cwd) == []
 
 
+def test_a_model_reference_that_leaves_its_run_is_one_line(cwd: Path) -> None:
+    ref = "runs:/0123456789abcdef0123456789abcdef/../.."
+    result = CliRunner().invoke(
+        app, ["evaluate", str(SMOKE / "evaluate.yaml"), "--set", f"checkpoint={ref}"]
+    )
+    assert result.exit_code == 2
+    assert _errors(result.output) == [
+        f"error: {ref!r}: artifact path '../..' leaves the run's artifacts"
+    ]
+    assert "Traceback" not in result.output
+
+
 def test_a_hostile_rllib_checkpoint_is_refused_by_collect_and_runs_nothing(cwd: Path) -> None:
     from tests.test_security import _hostile_rllib_checkpoint
 
