@@ -337,6 +337,21 @@ def test_a_remote_cluster_gets_servers_and_shared_mounts(tmp_path: Path) -> None
     assert "pw" not in stores.summary and "mlflow.example" in stores.summary
 
 
+def test_submit_refuses_an_unreachable_store_before_the_job_starts(tmp_path: Path) -> None:
+    """Nothing listens at the address: the refusal comes first, in one line, exit 2."""
+    result = CliRunner().invoke(
+        app,
+        ["submit", "--address", f"http://10.255.255.1:{free_port()}",
+         "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--", *PRETRAIN],
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: tracking store sqlite:///{tmp_path}/mlflow.db is on this")
+    assert line.endswith("e.g. http://mlflow.internal:5000")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_bad_config_is_refused_before_submitting(tmp_path: Path) -> None:
     from dtmem.config.base import ConfigError
 
