@@ -243,6 +243,11 @@ def train_agent(
     Already complete: nothing runs. Otherwise training resumes from the latest checkpoint
     that precedes the first missing one (or starts fresh) and saves every checkpoint
     iteration it passes. Needs Ray to be initialised (env runners are Ray actors).
+
+    Resuming restores RLlib's own algorithm state, which is pickled (optimizer and replay
+    state have no other form in RLlib): it reads only checkpoints that carry dtmem's export,
+    i.e. that this function wrote; a checkpoint with RLlib's pickles alone is refused, never
+    trained over. Keep ``checkpoint_dir`` a directory only you write to.
     """
     missing = missing_checkpoints(cfg, game)
     paths = checkpoint_paths(cfg, game)
