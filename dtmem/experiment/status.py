@@ -3,7 +3,8 @@ alone (no Ray, no files), so it works while a run is going and from any machine 
 reaches the tracking server.
 
 States, from the runs that carry the node's key:
-    running  a run of the key is RUNNING (also what a killed driver leaves until the next run)
+    running  the newest run of the key is RUNNING (also what a killed driver leaves behind,
+             until the node runs again)
     done     a finished run with its outputs recorded, made by the latest experiment run
     cached   such a run from an earlier experiment run (the latest one reused it)
     failed   the newest run of the key failed or was killed
@@ -62,10 +63,9 @@ def experiment_status(plan: Plan) -> tuple[str | None, list[NodeStatus]]:
     for node in plan.nodes.values():
         runs = runs_with_key(client, exp.experiment_id, node.key, node.stage)
         state, run = "pending", None
-        running = [r for r in runs if r.info.status == "RUNNING"]
         finished = [r for r in runs if r.info.status == "FINISHED" and TAG_OUTPUTS in r.data.tags]
-        if running:
-            state, run = "running", running[0]
+        if runs and runs[0].info.status == "RUNNING":  # the newest run (older: killed drivers)
+            state, run = "running", runs[0]
         elif finished:
             run = finished[0]
             made_now = run.data.tags.get(TAG_EXPERIMENT_RUN) == latest
