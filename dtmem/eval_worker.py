@@ -2,31 +2,59 @@
 with the plain loop, ``rollout(DTPolicy(...), env, target)`` (the policy acts for all the
 unit's envs in one batched model call per step). No Ray: ``dtmem.actor_pool`` runs it as a
 Ray actor or in this process.
+
+What is evaluated is a ``Payload``: ``ModelPayload`` (a checkpoint's model) or
+``BaselinePayload`` (the nearest-neighbour baseline, ``dtmem.baselines``), each checking
+itself against the requested envs and making each unit's policy.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from dtmem.data.windows import StateStats
-from dtmem.dt_policy import DTPolicy
-from dtmem.envs import EnvCache, EnvSpec, VectorEnv, VectorStep
-from dtmem.eval_tasks import WorkUnit
+from dtmem.dt_policy import DTPolicy, IncompatibleModelError
+from dtmem.envs import EnvCache, EnvSpec, VectorEnv, VectorStep, env_spec
+from dtmem.eval_tasks import TaskRequest, WorkUnit, check_requests
 from dtmem.model import DecisionTransformer, ModelSpec
-from dtmem.rollout import EpisodeStats, rollout
+from dtmem.rollout import EpisodeStats, Policy, rollout
 
 if TYPE_CHECKING:
+    from dtmem.baselines import Demonstrations
     from dtmem.config.model import ModelConfig
 
-__all__ = ["CRASH_MARKER_ENV", "EvalWorker", "ModelPayload", "UnitResult"]
+__all__ = [
+    "CRASH_MARKER_ENV",
+    "BaselinePayload",
+    "EvalWorker",
+    "MakePolicy",
+    "ModelPayload",
+    "Payload",
+    "UnitResult",
+]
 
 CRASH_MARKER_ENV = "DTMEM_TEST_CRASH_MARKER"  # tests only: see EvalWorker
+
+MakePolicy = Callable[[VectorEnv, int], Policy[Any]]  # (env, seed of the unit) -> a policy
+
+
+class Payload(Protocol):
+    """What is evaluated, as shipped to the workers once: a model or a baseline policy."""
+
+    def check(self, requests: Sequence[TaskRequest]) -> None:
+        """Raise (one line) unless it can act in every requested env, before any worker."""
+        ...
+
+    def policy_maker(self, *, greedy: bool) -> MakePolicy:
+        """Built once in each worker (e.g. the model); makes each unit's policy."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,52 @@ class ModelPayload:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
+    def check(self, requests: Sequence[TaskRequest]) -> None:
+        check_requests(self.spec, self.state_stats, requests)
+
+    def policy_maker(self, *, greedy: bool) -> MakePolicy:
+        model, stats = self.build(), self.state_stats
+
+        def make(env: VectorEnv, seed: int) -> DTPolicy:
+            return DTPolicy(model, env, greedy=greedy, seed=seed, state_stats=stats)
+
+        return make
+
+
+@dataclass(frozen=True)
+class BaselinePayload:
+    """The 1-nearest-neighbour baseline (``dtmem.baselines``): demonstrations instead of a
+    model; it conditions on nothing, so targets and ``greedy`` do not apply."""
+
+    demos: Demonstrations
+
+    def check(self, requests: Sequence[TaskRequest]) -> None:
+        if not requests:
+            raise ValueError("nothing to evaluate: no games or tasks")
+        for r in requests:
+            spec = env_spec(r.suite, r.task)
+            width = int(np.prod(spec.observation_shape))
+            discrete = self.demos.actions.ndim == 1
+            acts = 0 if discrete else int(self.demos.actions.shape[1])
+            if (
+                width != self.demos.obs_dim
+                or discrete != (spec.action_kind == "discrete")
+                or (not discrete and acts != spec.act_dim)
+            ):
+                raise IncompatibleModelError(
+                    f"{r.task}: the baseline's demonstrations have {self.demos.obs_dim}-dim "
+                    f"states and {'discrete' if discrete else f'{acts}-dim'} actions; the env "
+                    f"{spec.observation_shape} observations and {spec.action_kind} actions"
+                )
+
+    def policy_maker(self, *, greedy: bool) -> MakePolicy:
+        from dtmem.baselines import NearestNeighbourPolicy
+
+        def make(env: VectorEnv, seed: int) -> NearestNeighbourPolicy:
+            return NearestNeighbourPolicy(self.demos, env)
+
+        return make
+
 
 @dataclass(frozen=True)
 class UnitResult:
@@ -67,10 +141,10 @@ class UnitResult:
 
 
 class EvalWorker:
-    """Runs chunks of episodes with one model; the body of an evaluation actor, or of the
-    in-process pool.
+    """Runs chunks of episodes with one model (or baseline policy); the body of an evaluation
+    actor, or of the in-process pool.
 
-    The model is built once; the envs of the last two tasks are kept (``EnvCache``), so a
+    The model is built once (``payload.policy_maker``); the envs of the last two tasks are kept (``EnvCache``), so a
     warm worker moving along the task list builds each task's envs once. Torch runs on
     ``torch_threads`` threads (1 in an actor: several processes on few cores, each with many
     intra-op threads, run ~100x slower); ``close`` gives the process its setting back.
@@ -80,7 +154,7 @@ class EvalWorker:
 
     def __init__(
         self,
-        payload: ModelPayload,
+        payload: Payload,
         *,
         greedy: bool = False,
         torch_threads: int = 1,
@@ -88,9 +162,7 @@ class EvalWorker:
     ) -> None:
         self._threads = torch.get_num_threads()
         torch.set_num_threads(max(1, torch_threads))
-        self.model = payload.build()
-        self.state_stats = payload.state_stats
-        self.greedy = greedy
+        self.make_policy = payload.policy_maker(greedy=greedy)
         self.crash_marker = crash_marker
         self.envs = EnvCache(keep=2)
 
@@ -101,9 +173,7 @@ class EvalWorker:
         env = self.envs.get(r.suite, r.task, unit.count, seed=unit.goal_seed)
         if self.crash_marker is not None and _claim(self.crash_marker):
             env = _CrashingEnv(env, after=3)
-        policy = DTPolicy(
-            self.model, env, greedy=self.greedy, seed=unit.policy_seed, state_stats=self.state_stats
-        )
+        policy = self.make_policy(env, unit.policy_seed)
         stats = rollout(
             policy,
             env,

@@ -49,16 +49,25 @@ from dtmem.eval_tasks import (
     requests_from_config,
     resolve_metaworld_tasks,
 )
-from dtmem.eval_worker import CRASH_MARKER_ENV, EvalWorker, ModelPayload, UnitResult
+from dtmem.eval_worker import (
+    CRASH_MARKER_ENV,
+    BaselinePayload,
+    EvalWorker,
+    ModelPayload,
+    Payload,
+    UnitResult,
+)
 from dtmem.rollout import EpisodeStats
 
 __all__ = [
+    "BaselinePayload",
     "DuplicateTaskError",
     "EvalPool",
     "EvalResult",
     "EvalWorker",
     "EvaluationError",
     "ModelPayload",
+    "Payload",
     "TaskRequest",
     "TaskResult",
     "UnitResult",
@@ -83,7 +92,7 @@ class EvalPool:
     """Workers holding one model, warm between ``evaluate`` calls (actors, built model and
     envs are kept until the pool closes). Made by ``open_pool``."""
 
-    def __init__(self, payload: ModelPayload, pool: LocalPool[Any] | RayPool[Any], chunk: int):
+    def __init__(self, payload: Payload, pool: LocalPool[Any] | RayPool[Any], chunk: int):
         self.payload = payload
         self.pool = pool
         self.chunk = chunk
@@ -101,7 +110,7 @@ class EvalPool:
         on_result: Callable[[UnitResult], None] | None = None,
     ) -> EvalResult:
         """Every request's episodes, aggregated; ``wall_s`` counts this call only."""
-        check_requests(self.payload.spec, self.payload.state_stats, requests)
+        self.payload.check(requests)
         units = make_units(requests, seed=seed, chunk=self.chunk)
         by_task: dict[str, list[EpisodeStats]] = {r.task: [] for r in requests}
         seen: set[tuple[str, int]] = set()
@@ -161,7 +170,7 @@ def _ray_running() -> bool:
 
 @contextmanager
 def open_pool(
-    payload: ModelPayload,
+    payload: Payload,
     *,
     num_actors: int,
     envs_per_actor: int,
@@ -210,7 +219,7 @@ def open_pool(
 
 
 def evaluate(
-    payload: ModelPayload,
+    payload: Payload,
     requests: Sequence[TaskRequest],
     *,
     num_actors: int,
@@ -222,9 +231,9 @@ def evaluate(
     bootstrap_resamples: int = 2000,
     on_result: Callable[[UnitResult], None] | None = None,
 ) -> EvalResult:
-    """Evaluate the model of ``payload`` on ``requests`` with a pool opened for this call
-    (``open_pool``); ``wall_s`` counts from the pool's start to the last result."""
-    check_requests(payload.spec, payload.state_stats, requests)
+    """Evaluate the model (or baseline) of ``payload`` on ``requests`` with a pool opened for
+    this call (``open_pool``); ``wall_s`` counts from the pool's start to the last result."""
+    payload.check(requests)
     units = len(make_units(requests, seed=seed, chunk=envs_per_actor))
     start = time.perf_counter()
     with open_pool(

@@ -17,7 +17,7 @@ from typing import Any
 
 from dtmem.config.base import load_config
 from dtmem.config.evaluate import EvaluateConfig
-from dtmem.evaluation import EvalResult
+from dtmem.evaluation import EvalResult, Payload
 
 __all__ = ["EvalResult", "main", "run_evaluate"]
 
@@ -27,16 +27,15 @@ EPISODES_ARTIFACT = "eval_episodes.csv"
 PLOT_ARTIFACT = "eval_scores.png"
 CHECKPOINT_TAG = "dtmem.checkpoint"  # the checkpoint reference, as configured
 CHECKPOINT_RUN_TAG = "dtmem.checkpoint_run_id"  # the MLflow run that produced it
+BASELINE_TAG = "dtmem.baseline"  # kind:datasets of a baseline evaluated instead of a model
 
 
 def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
-    """Evaluate ``cfg.checkpoint`` as ``cfg`` says; returns per-task statistics, aggregates
-    and the MLflow run id."""
+    """Evaluate ``cfg.checkpoint`` (or ``cfg.baseline``) as ``cfg`` says; returns per-task
+    statistics, aggregates and the MLflow run id."""
     from rich.console import Console
 
     from dtmem.evaluation import (
-        ModelPayload,
-        check_requests,
         episode_rows,
         evaluate,
         metrics_of,
@@ -45,22 +44,14 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
         table_rows,
     )
     from dtmem.tracking import check_tracking, resolve_tracking_uri, start_run
-    from dtmem.training.checkpoint import load_checkpoint_model
 
     console = Console(stderr=True)
     # Set up: everything that can be wrong is found here, before Ray starts.
     requests = requests_from_config(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri)
     check_tracking(uri)
-    loaded = load_checkpoint_model(cfg.checkpoint, tracking_uri=uri)
-    check_requests(loaded.model.spec, loaded.state_stats, requests)
-    payload = ModelPayload.of(loaded.model, loaded.config, loaded.state_stats)
-    step = int(loaded.meta.get("step", 0) or 0)
-    tags = {CHECKPOINT_TAG: cfg.checkpoint, "dtmem.checkpoint_dir": str(loaded.path)}
-    source_run = _source_run_id(cfg.checkpoint, loaded.meta)
-    if source_run:
-        tags[CHECKPOINT_RUN_TAG] = source_run
-    del loaded
+    payload, step, tags = _payload(cfg, uri)
+    payload.check(requests)
 
     def progress(unit: Any) -> None:
         n = len(unit.episodes)
@@ -89,11 +80,36 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
         run.log_table(table_rows(result), TABLE_ARTIFACT)
         run.log_table(episode_rows(result), EPISODES_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
-            png = plot_scores(result, Path(tmp) / PLOT_ARTIFACT, title=cfg.checkpoint)
+            png = plot_scores(
+                result, Path(tmp) / PLOT_ARTIFACT, title=cfg.checkpoint or tags[BASELINE_TAG]
+            )
             run.log_artifact(png)
         result = replace(result, run_id=run.run_id)
     _print_summary(console, result)
     return result
+
+
+def _payload(cfg: EvaluateConfig, uri: str) -> tuple[Payload, int, dict[str, str]]:
+    """What is evaluated, the step its metrics are logged at, and the run's tags: the
+    checkpoint's model (at the checkpoint's step), or the baseline fitted here (step 0)."""
+    from dtmem.evaluation import BaselinePayload, ModelPayload
+
+    if cfg.baseline is not None:
+        from dtmem.baselines import demonstrations_from_config
+
+        demos = demonstrations_from_config(cfg.baseline.data)
+        datasets = ",".join(d.id for d in cfg.baseline.data.datasets)
+        return BaselinePayload(demos), 0, {BASELINE_TAG: f"{cfg.baseline.kind}:{datasets}"}
+    from dtmem.training.checkpoint import load_checkpoint_model
+
+    assert cfg.checkpoint is not None  # the config has one or the other
+    loaded = load_checkpoint_model(cfg.checkpoint, tracking_uri=uri)
+    payload = ModelPayload.of(loaded.model, loaded.config, loaded.state_stats)
+    tags = {CHECKPOINT_TAG: cfg.checkpoint, "dtmem.checkpoint_dir": str(loaded.path)}
+    source_run = _source_run_id(cfg.checkpoint, loaded.meta)
+    if source_run:
+        tags[CHECKPOINT_RUN_TAG] = source_run
+    return payload, int(loaded.meta.get("step", 0) or 0), tags
 
 
 def _source_run_id(checkpoint: str, meta: dict[str, Any]) -> str | None:

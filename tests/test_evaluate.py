@@ -321,6 +321,53 @@ def test_scheduler_keeps_a_worker_on_its_task_and_spreads_new_workers() -> None:
     assert take(None) is None
 
 
+def test_config_takes_a_checkpoint_or_a_baseline_not_both(store: dict[str, Any]) -> None:
+    baseline = {"kind": "nearest_neighbour", "data": {"datasets": [{"id": "tt/demo-v0"}]}}
+    assert _meta_cfg(store, checkpoint=None, baseline=baseline).baseline is not None
+    with pytest.raises(ValueError, match="exactly one of checkpoint"):
+        _meta_cfg(store, baseline=baseline)
+    with pytest.raises(ValueError, match="exactly one of checkpoint"):
+        _meta_cfg(store, checkpoint=None)
+
+
+def test_nearest_neighbour_baseline_is_evaluated_like_a_model(
+    store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline hook: no checkpoint, demonstrations from a dataset; a small evaluation
+    runs in this process (no Ray running here), tracked like a model's."""
+    from mlflow.tracking import MlflowClient
+
+    from dtmem.data.synthetic import write_metaworld_like
+    from pipelines.evaluate import BASELINE_TAG
+
+    monkeypatch.setattr(evaluation, "_ray_running", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    write_metaworld_like(tmp_path / "ds", "tt/reachdemo-v0", "reach-v3", episodes=3, steps=7)
+    data = {"datasets": [{"id": "tt/reachdemo-v0"}], "root": str(tmp_path / "ds")}
+    cfg = _meta_cfg(store, checkpoint=None, baseline={"kind": "nearest_neighbour", "data": data})
+    result = run_evaluate(cfg)
+    assert result.actors == 1  # in this process: 45 env steps buy no Ray
+    t = result.task("reach-v3")
+    assert [e.episode for e in t.episodes] == [0, 1, 2, 3, 4] and result.env_steps == 45
+    run = MlflowClient(tracking_uri=store["tracking"].uri).get_run(result.run_id)
+    assert run.data.tags[BASELINE_TAG] == "nearest_neighbour:tt/reachdemo-v0"
+    assert run.data.metrics[eval_metric("reach-v3", "episodes")] == 5
+    with pytest.raises(IncompatibleModelError, match="39-dim states"):
+        evaluation.BaselinePayload(_demos(obs_dim=39)).check(
+            [TaskRequest("atari", "Pong", 1, 5, None)]
+        )
+
+
+def _demos(obs_dim: int) -> Any:
+    from dtmem.baselines import fit_demonstrations
+    from dtmem.data.episodes import Episode
+
+    obs = np.zeros((3, obs_dim), np.float32)
+    ep = Episode(obs, np.zeros((2, 4), np.float32), np.zeros(2, np.float32),
+                 np.zeros(2, bool), np.array([False, True]), {})  # fmt: skip
+    return fit_demonstrations([ep])
+
+
 def test_worker_without_ray_is_deterministic_per_unit() -> None:
     """The same unit gives the same episodes on a fresh worker (what a retry relies on)."""
     payload = _payload(_meta_config(), _stats())

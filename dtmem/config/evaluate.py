@@ -1,5 +1,6 @@
-"""Config of ``dtmem evaluate``: which checkpoint, which Atari games and Meta-World tasks, how
-many episodes of how many steps, and how many Ray actors with how many envs each."""
+"""Config of ``dtmem evaluate``: which checkpoint (or baseline policy), which Atari games and
+Meta-World tasks, how many episodes of how many steps, and how many Ray actors with how many
+envs each."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dtmem.config.base import FrozenConfig
+from dtmem.config.data import DataConfig
 from dtmem.config.tracking import TrackingConfig
 
-__all__ = ["AtariEvalConfig", "EvaluateConfig", "MetaWorldEvalConfig"]
+__all__ = ["AtariEvalConfig", "BaselineConfig", "EvaluateConfig", "MetaWorldEvalConfig"]
 
 
 class AtariEvalConfig(FrozenConfig):
@@ -52,15 +54,34 @@ class MetaWorldEvalConfig(FrozenConfig):
         return self
 
 
+class BaselineConfig(FrozenConfig):
+    """A baseline policy (``dtmem.baselines``) evaluated like a model, with no checkpoint."""
+
+    kind: Literal["nearest_neighbour"] = Field(
+        ...,
+        description="nearest_neighbour: the action of the demonstrated state nearest to the "
+        "current one (standardised states, exact search)",
+    )
+    data: DataConfig = Field(
+        ...,
+        description="the demonstrations: a fine-tune's data section (the same datasets and "
+        "episode_fraction subset it trains on; only the datasets, root, fraction and seed "
+        "matter here)",
+    )
+
+
 class EvaluateConfig(FrozenConfig):
     """``dtmem evaluate``: one checkpoint on Atari games and/or Meta-World tasks, by a pool of
     Ray actors that each step several envs and run the policy on all of them in one batch."""
 
-    checkpoint: str = Field(
-        ...,
+    checkpoint: str | None = Field(
+        None,
         min_length=1,
         description="the model: a model or run directory, runs:/<run_id>[/<artifact dir>], "
-        "models:/<name>@<alias> or models:/<name>/<version>",
+        "models:/<name>@<alias> or models:/<name>/<version>; null with a baseline instead",
+    )
+    baseline: BaselineConfig | None = Field(
+        None, description="a non-model policy evaluated instead of a checkpoint; null: none"
     )
     atari: AtariEvalConfig | None = Field(None, description="Atari games; null: none")
     metaworld: MetaWorldEvalConfig | None = Field(None, description="Meta-World tasks; null: none")
@@ -98,8 +119,11 @@ class EvaluateConfig(FrozenConfig):
         2000, ge=10, description="bootstrap resamples of the IQM confidence interval"
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
+
     @model_validator(mode="after")
     def _check_something(self) -> EvaluateConfig:
         if self.atari is None and self.metaworld is None:
             raise ValueError("nothing to evaluate: give atari.games and/or metaworld.tasks")
+        if (self.checkpoint is None) == (self.baseline is None):
+            raise ValueError("give exactly one of checkpoint (a model) and baseline")
         return self
