@@ -325,3 +325,23 @@ def test_another_architecture_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "m" / "model_config.json").write_text(cfg.model_dump_json())
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_model_dir(tmp_path / "m")
+
+
+def test_one_progress_bar_line_per_tenth_of_the_run(tmp_path, capsys) -> None:
+    """Off a terminal, the driver's bar prints a line per tenth of the run, read from the
+    progress file rank 0 writes, whatever the logging cadence (here every step)."""
+    import itertools
+    import time
+
+    from dtmem.training.monitor import write_progress
+    from dtmem.training.report import ProgressBar
+
+    with ProgressBar(tmp_path, total=100, poll_s=0.002):
+        for step in range(1, 101):
+            write_progress(tmp_path, step=step, total=100, loss=1.0 / step, steps_per_s=50.0)
+            time.sleep(0.01)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 5 <= len(lines) <= 11, lines
+    assert lines[-1].startswith("step 100/100  loss 0.0100  50.00 steps/s")
+    steps = [int(ln.split()[1].split("/")[0]) for ln in lines]
+    assert steps == sorted(steps) and all(b - a >= 10 for a, b in itertools.pairwise(steps))

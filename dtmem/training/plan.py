@@ -123,7 +123,8 @@ class TrainResult:
 
 
 def _open(cfg: TrainConfig, stage: str) -> tuple[TrainConfig, str, str, Path]:
-    """(config with data.root resolved, tracking URI, run name, run directory), checked.
+    """(config with data.root and tracking.uri resolved, tracking URI, run name, run
+    directory), checked.
 
     The data root is resolved here, in the driver: Ray Train workers must not resolve it
     from their own environment (a worker started before the driver set
@@ -131,9 +132,14 @@ def _open(cfg: TrainConfig, stage: str) -> tuple[TrainConfig, str, str, Path]:
     from dtmem.data.minari_io import resolve_root
 
     root = str(resolve_root(cfg.data.root))
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
-    uri = resolve_tracking_uri(cfg.tracking.uri)
+    uri = resolve_tracking_uri(cfg.tracking.uri)  # once per stage: every later use gets it
     check_tracking(uri)
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"root": root}),
+            "tracking": cfg.tracking.model_copy(update={"uri": uri}),
+        }
+    )
     check_device(cfg.scaling)
     run_name = cfg.run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.checkpoint.dir).resolve() / run_name

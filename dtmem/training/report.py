@@ -28,8 +28,10 @@ class ProgressBar:
     same bar whether the loop runs in this process or in Ray Train workers. Not on a
     terminal (CI, a Ray job's log), a plain line at every tenth of the run instead."""
 
-    def __init__(self, run_dir: Path, total: int, start: int = 0, enabled: bool = True):
-        self.run_dir, self.total, self.enabled = run_dir, total, enabled
+    def __init__(
+        self, run_dir: Path, total: int, start: int = 0, enabled: bool = True, poll_s: float = 0.5
+    ):
+        self.run_dir, self.total, self.enabled, self.poll_s = run_dir, total, enabled, poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = start
@@ -80,7 +82,7 @@ class ProgressBar:
 
         seen = None
         while True:
-            stopping = self._stop.wait(0.5)
+            stopping = self._stop.wait(self.poll_s)
             p = read_progress(self.run_dir)
             if p is not None and p.get("time") != seen:
                 seen = p.get("time")
