@@ -1,4 +1,5 @@
-"""The write recurrence of the unrolled memory (``erase="slot"``), with its gradient by hand.
+"""The two hot paths of the unrolled memory (``erase="slot"``), with gradients by hand: the
+write recurrence (below) and the read (``read``).
 
 With P_t[i] = prod_{r<=t} (1 - g_r w_r[i]) and rows Ĉ_s[i] = w_s[i] / P_s[i] (see memory.py),
 step t of the write, addressing M_{t-1} ("previous"), is::
@@ -13,7 +14,12 @@ operations per step, each a graph node, and the rows re-stacked every step; here
 writes into preallocated buffers without a graph and the backward runs the same loop in
 reverse (``tests/test_memory.py`` checks it against finite differences and the float64
 reference loop). Addressing M_0 ("initial") has no recurrence in w: ``write_initial`` does all
-steps at once with a cumulative product.
+steps at once with a cumulative product. The read does its elementwise work on the (L x N)
+scores in place, forward and backward, where autograd would allocate a tensor per operation.
+
+Under CUDA autocast both Functions run in float32 (their inputs are cast, and the backward runs
+as the forward did): 1 / P reaches 1e30, and bf16's 8-bit mantissa would cost the rows their
+precision. The products around them (the memory's Linears) stay in the autocast type.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class _WritePrevious(torch.autograd.Function):
     """(s0, ax, g, decay0, rows0) -> (rows, decays, w); shapes in ``write_previous``."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(
         ctx: Any,
         s0: torch.Tensor,
@@ -66,6 +73,7 @@ class _WritePrevious(torch.autograd.Function):
         return rows_decays_w
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(
         ctx: Any,
         g_rows: torch.Tensor | None,
@@ -144,6 +152,7 @@ class _Read(torch.autograd.Function):
     """(y, m0, rows, adds, decay, visible) -> (values, alpha); shapes in ``read``."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(
         ctx: Any,
         y: torch.Tensor,
@@ -177,6 +186,7 @@ class _Read(torch.autograd.Function):
         return values.view(H, B, L, d_h), alpha.view(H, B, L, N)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(
         ctx: Any, g_values: torch.Tensor, _g_alpha: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
