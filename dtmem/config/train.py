@@ -67,8 +67,8 @@ class ScalingConfig(FrozenConfig):
     cpus_per_worker: float = Field(
         1.0,
         gt=0,
-        description="CPUs Ray reserves for each worker, and its torch threads; in this "
-        "process torch uses the machine's cores",
+        description="CPUs of each worker: torch's threads (in this process too), and what Ray "
+        "reserves for a Ray Train worker",
     )
     bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     ray: bool | None = Field(

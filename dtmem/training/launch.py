@@ -67,7 +67,14 @@ def launch(
     (``ray.train.UserCallback``); both are unused in this process.
     """
     if not scaling.on_ray:
-        run_worker(job, local_context(scaling.use_gpu))
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, round(scaling.cpus_per_worker)))  # the worker's CPUs
+        try:
+            run_worker(job, local_context(scaling.use_gpu))
+        finally:
+            torch.set_num_threads(threads)
         return
 
     from dtmem.ray_session import ray_session

@@ -274,7 +274,7 @@ def run_worker(
     from dtmem.training.hooks import default_hooks
 
     cfg, run_dir = job.cfg, Path(job.run_dir)
-    if ctx.on_ray:  # torch's threads match the CPUs Ray gave this worker
+    if ctx.on_ray:  # torch's threads match the CPUs Ray gave this worker (in-process: launch)
         torch.set_num_threads(max(1, round(cfg.scaling.cpus_per_worker)))
     t = _setup(job, ctx)
     hooks = default_hooks(job, ctx) if hooks is None else hooks

@@ -17,6 +17,8 @@ def quiet_libraries(verbose: bool) -> None:
     on logging at WARNING); ``verbose`` lets everything through."""
     if verbose:
         return
+    import mlflow  # noqa: F401  # its import sets its loggers to INFO: quiet them after it
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "ray", "ray.train", "ray.tune", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
