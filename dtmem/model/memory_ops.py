@@ -210,7 +210,7 @@ class _Read(torch.autograd.Function):
         # W = α P
         g_alpha_w = g * alpha
         g_decay = g_alpha_w.sum(3)  # (H, B, K, N)
-        dot = g_alpha_w @ decay.unsqueeze(-1)  # <gα, α> with gα = gW P, (H, B, K, n_tok, 1)
+        dot = g_alpha_w.mul_(P).sum(-1, keepdim=True)  # <gα, α> with gα = gW P, (.., n_tok, 1)
         del g_alpha_w
         # α = softmax(z): gz = α (gα - <gα, α>); z = P raw
         g.mul_(P).sub_(dot).mul_(alpha)  # gz
