@@ -1,14 +1,15 @@
-"""Collection throughput (env steps/s): a plain single-process loop against ``dtmem collect``
-with 1 and 2 Ray actors, Meta-World experts (noise 0.1, epsilon 0.05), full 500-step episodes.
+"""Collection throughput (env steps/s): ``dtmem collect`` with 2 Ray actors against 1, as the
+median of pairs measured in turn in one run; Meta-World experts (noise 0.1, epsilon 0.05)
+on two tasks, full 500-step episodes. A plain single-process loop gives the context.
 
-The plain loop is ``record_episodes`` on one env in this process, no Ray, nothing written;
-its steady rate excludes building the env, its total rate includes it. The pipeline's rate
-is the collection phase of ``collect`` (actors started, envs built in them, episodes
-recorded and written to a temp dir, datasets committed); its wall time also counts the
-MLflow run and the summary. Ray is started once beforehand, as a cluster would be.
+The pipeline's rate is env steps over the whole ``run_collect`` call (actors started, envs
+built in them, episodes recorded and written to a temp dir, datasets committed, the MLflow
+run and the summary), what a user waits for. The plain loop is ``record_episodes`` on one
+env in this process, no Ray, nothing written. Ray is started once beforehand, as a cluster
+would be. Figures last, one per line: ``BENCH <name> <value>``.
 
-    python benchmarks/bench_collect.py            # about a minute on 2 cores
-    python benchmarks/bench_collect.py --quick    # fewer episodes
+    python benchmarks/bench_collect.py            # about 2 minutes on 2 cores
+    python benchmarks/bench_collect.py --quick    # fewer episodes, one pair
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,40 +27,35 @@ from rich.console import Console
 from dtmem.collect.actors import record_episodes
 from dtmem.collect.policies import make_policy, plan_episodes
 from dtmem.config.collect import CollectConfig
-from dtmem.envs.metaworld import make_metaworld_env
+from dtmem.envs import make_env
+from dtmem.ray_session import ray_session
 
 TASKS = ("reach-v3", "push-v3")
 
 
-def plain_loop(cfg: CollectConfig) -> tuple[float, float, int]:
-    """(steady steps/s, total steps/s, steps) for every task's episodes in one process."""
-    steps, record_s, total_s = 0, 0.0, 0.0
+def plain_loop(cfg: CollectConfig) -> float:
+    """Steps/s of every task's episodes in one process, env building included."""
+    steps, start = 0, time.perf_counter()
     for task in cfg.tasks:
-        t0 = time.perf_counter()
-        env = make_metaworld_env(task, 1, seed=cfg.seed)
+        env = make_env("metaworld", task, 1, seed=cfg.seed)
         policy = make_policy(cfg.policy, env.spec, 1, task)
-        t1 = time.perf_counter()
         plans = plan_episodes(
             cfg.seed, task, range(cfg.episodes_per_task), total=cfg.episodes_per_task
         )
         got = record_episodes(env, policy, plans, max_steps=cfg.max_steps)
-        t2 = time.perf_counter()
         env.close()
         steps += sum(r.episode.num_steps for r in got)
-        record_s += t2 - t1
-        total_s += t2 - t0
-    return steps / record_s, steps / total_s, steps
+    return steps / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 episodes per task, not 10")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=8, help="episodes per task")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs measured in turn")
+    parser.add_argument("--quick", action="store_true", help="2 episodes per task, one pair")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    episodes = 4 if args.quick else 10
-
-    import ray
+    episodes, repeats = (2, 1) if args.quick else (args.episodes, args.repeats)
 
     from pipelines.collect import run_collect
 
@@ -70,6 +67,7 @@ def main() -> None:
                 "episodes_per_task": episodes,
                 "policy": {"kind": "expert", "noise_std": 0.1, "epsilon": 0.05},
                 "dataset": {"namespace": "bench/collect", "name": "{task}"},
+                "overwrite": True,
                 "tracking": {
                     "uri": f"sqlite:///{Path(tmp) / 'mlflow.db'}",
                     "experiment": "bench",
@@ -77,30 +75,28 @@ def main() -> None:
                 },
             }
         )
-        steady, total, steps = plain_loop(base)
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-              f"{len(TASKS)} tasks x {episodes} episodes x 500 steps = {steps} env steps")  # fmt: skip
-        print(
-            f"plain loop, 1 process     : {steady:7.0f} steps/s steady, {total:7.0f} with env build"
-        )
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            for actors in (1, 2):
-                cfg = base.model_copy(
-                    update={"num_actors": actors, "root": str(Path(tmp) / f"ds{actors}")}
-                )
-                t0 = time.perf_counter()
-                report = run_collect(cfg, console=Console(file=io.StringIO()))
-                wall = time.perf_counter() - t0
-                print(
-                    f"dtmem collect, {actors} actor{'s' if actors > 1 else ' '}: "
-                    f"{report.env_steps_per_s:7.0f} steps/s in the collection phase "
-                    f"({report.seconds:.1f} s), {report.env_steps / wall:7.0f} over the whole "
-                    f"call ({wall:.1f} s)"
-                )
-        finally:
-            ray.shutdown()
+        plain = plain_loop(base)
+        rates: dict[int, list[float]] = {1: [], 2: []}
+        with ray_session(num_cpus=2):
+            # warm-up: the MLflow store's tables are created by the first run, not a pair's
+            tiny = {"episodes_per_task": 1, "max_steps": 5, "root": str(Path(tmp) / "warm")}
+            run_collect(base.model_copy(update=tiny), console=Console(file=io.StringIO()))
+            for i in range(repeats):
+                for actors in (1, 2):
+                    cfg = base.model_copy(
+                        update={"num_actors": actors, "root": str(Path(tmp) / f"ds{i}-{actors}")}
+                    )
+                    t0 = time.perf_counter()
+                    result = run_collect(cfg, console=Console(file=io.StringIO()))
+                    wall = time.perf_counter() - t0
+                    rates[actors].append(result.env_steps / wall)
+                    print(f"pair {i}, {actors} actor(s): {result.env_steps} steps in {wall:.1f} s "
+                          f"= {result.env_steps / wall:.0f} steps/s (collection phase "
+                          f"{result.env_steps_per_s:.0f})")  # fmt: skip
+    ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {len(TASKS)} tasks "
+          f"x {episodes} episodes x 500 steps; plain loop in one process {plain:.0f} steps/s")  # fmt: skip
+    print(f"BENCH collect_2_vs_1 {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

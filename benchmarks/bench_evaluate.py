@@ -1,17 +1,21 @@
-"""Env steps per second of evaluation, three ways, measured in one run, on Meta-World
-reach-v3 and one Atari game:
+"""Evaluation speed on Meta-World (env steps/s): the pipeline against the naive loop and
+against the ceiling, as ratios of pairs measured in turn in one run.
 
-    raw       the vector env alone in this process, random actions (one core: what one
-              actor's envs could do with a free policy)
-    pipeline  dtmem.evaluation.evaluate: N Ray actors with E envs each, every step one batched
-              DTPolicy call for all E envs (frames encoded once). Reported end to end (from the
-              model's upload: actor start, imports and env building included) and steady
-              (steps over the busiest actor's chunk time: what a long evaluation approaches)
-    naive     naive_rollout in this process: one env, the whole window recomputed every step
+    pipeline  dtmem.evaluation on a warm pool (``open_pool``: the actors, their built model
+              and envs kept between calls) of A Ray actors with E envs each; one call of
+              ``pool.evaluate`` per repeat, A*E episodes of S steps (one unit per actor)
+    naive     naive_rollout in this process: one env, the whole window through ``model(...)``
+              every step
+    ceiling   the lower of the raw env rate (random actions, E envs) and the policy's batched
+              forward rate (encode one step and run the full K-step window of E envs), each
+              summed over A probe actors measuring at the same time (the pool's cores, under
+              the same contention as the pool): no evaluation on these cores can beat it
+    cold      ``evaluate()`` once, end to end: the pool started (actors, imports, model,
+              envs), run and stopped, as one ``dtmem evaluate`` call does (context only)
 
-The model is the default small DT-Mem (3 layers, d=128, K=20, 1024 memory slots; the conv
-encoder on Atari), untrained. Atari uses MDT's expert-return sampling (two model calls per
-step), Meta-World a fixed target. Torch runs on one thread everywhere (actors set it too).
+The model is the default small DT-Mem (3 layers, d=128, K=20, 1024 memory slots), untrained,
+with a fixed target. Torch runs on one thread everywhere (actors set it too). Ray is started
+once beforehand, as on a cluster. Figures last, one per line: ``BENCH <name> <value>``.
 
     python benchmarks/bench_evaluate.py            # about 2 minutes on 2 cores
     python benchmarks/bench_evaluate.py --quick    # a smoke test
@@ -21,124 +25,126 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
 
 from dtmem.config.model import MemoryConfig, ModelConfig
-from dtmem.envs import VectorEnv, step_randomly
-from dtmem.evaluation import ModelPayload, Suite, TaskRequest, UnitResult, evaluate, make_env
+from dtmem.envs import make_env, step_randomly
+from dtmem.evaluation import ModelPayload, TaskRequest, evaluate, open_pool
 from dtmem.model import DecisionTransformer, build_model
-from dtmem.rollout import naive_rollout
+from dtmem.naive_rollout import naive_rollout
+from dtmem.ray_session import ray_session
+
+TARGET = 4000.0
 
 
-@dataclass(frozen=True)
-class Rate:
-    env: str
-    path: str
-    layout: str
-    steps: int
-    seconds: float
-
-    @property
-    def per_second(self) -> float:
-        return self.steps / self.seconds
+def small_model() -> tuple[DecisionTransformer, ModelConfig]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="vector", return_scale=100.0, memory=MemoryConfig(slots=1024))
+    return build_model(cfg).eval(), cfg
 
 
-def raw_rate(env: VectorEnv, steps: int, label: str) -> Rate:
-    n = env.num_envs
+def naive_rate(model: DecisionTransformer, task: str, steps: int) -> float:
+    env = make_env("metaworld", task, 1)
+    start = time.perf_counter()
+    stats = naive_rollout(model, env, TARGET, num_episodes=1, max_steps=steps)
+    rate = sum(s.length for s in stats) / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def raw_rate(task: str, envs: int, steps: int) -> float:
+    env = make_env("metaworld", task, envs)
     start = time.perf_counter()
     done = step_randomly(env, steps)
-    return Rate(label, "raw", f"1 proc x {n} envs", done, time.perf_counter() - start)
+    rate = done / (time.perf_counter() - start)
+    env.close()
+    return rate
 
 
-def pipeline_rates(
-    payload: ModelPayload, request: TaskRequest, actors: int, envs: int
-) -> tuple[Rate, Rate]:
-    busy: dict[int, float] = defaultdict(float)  # actor pid -> seconds in chunks
-
-    def note(unit: UnitResult) -> None:
-        busy[unit.pid] += unit.seconds
-
-    res = evaluate(payload, [request], num_actors=actors, envs_per_actor=envs, on_result=note)
-    layout = f"{res.actors} actors x {envs} envs"
-    end_to_end = Rate(request.task, "pipeline", layout, res.env_steps, res.wall_s)
-    steady = Rate(request.task, "pipeline*", layout, res.env_steps, max(busy.values()))
-    return end_to_end, steady
-
-
-def naive_rate(model, env: VectorEnv, target: float | None, steps: int, label: str) -> Rate:
+@torch.no_grad()
+def forward_rate(model: DecisionTransformer, envs: int, calls: int) -> float:
+    """Env steps/s the policy's forward allows: per step, one new observation encoded and
+    the full window of every env run once (what ``DTPolicy.act`` does at steady state)."""
+    K = model.spec.context
+    obs = torch.randn(envs, 1, *model.spec.obs_shape)
+    tokens = model.encode_observations(torch.randn(envs, K, *model.spec.obs_shape))
+    rtg, rew = torch.rand(envs, K), torch.rand(envs, K)
+    act = torch.rand(envs, K, model.spec.act_dim)
+    timesteps = torch.arange(K).expand(envs, K)
+    model.forward_tokens(tokens, rtg, act, rew, timesteps)  # warm-up
     start = time.perf_counter()
-    stats = naive_rollout(model, env, target, num_episodes=1, max_steps=steps)
-    steps_done = sum(s.length for s in stats)
-    return Rate(label, "naive", "1 proc x 1 env", steps_done, time.perf_counter() - start)
+    for _ in range(calls):
+        model.encode_observations(obs)
+        model.forward_tokens(tokens, rtg, act, rew, timesteps)
+    return envs * calls / (time.perf_counter() - start)
 
 
-def small_model(atari: bool) -> tuple[DecisionTransformer, ModelConfig]:
-    torch.manual_seed(0)
-    if atari:
-        cfg = ModelConfig(encoder="conv", action_kind="discrete", returns="atari_bins",
-                          memory=MemoryConfig(slots=1024))  # fmt: skip
-    else:
-        cfg = ModelConfig(encoder="vector", return_scale=100.0, memory=MemoryConfig(slots=1024))
-    return build_model(cfg), cfg
+class Probe:
+    """What one core allows: the raw env rate and the policy's forward rate (a Ray actor)."""
+
+    def __init__(self, payload: ModelPayload, task: str, envs: int) -> None:
+        torch.set_num_threads(1)
+        self.model, self.task, self.envs = payload.build(), task, envs
+
+    def rates(self, raw_steps: int, calls: int) -> tuple[float, float]:
+        return raw_rate(self.task, self.envs, raw_steps), forward_rate(self.model, self.envs, calls)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--game", default="Pong")
     parser.add_argument("--task", default="reach-v3")
     parser.add_argument("--actors", type=int, default=2, help="Ray actors (one CPU each)")
     parser.add_argument("--envs", type=int, default=8, help="envs per actor")
+    parser.add_argument("--steps", type=int, default=100, help="steps per episode")
+    parser.add_argument("--repeats", type=int, default=5, help="pairs measured in turn")
     parser.add_argument("--quick", action="store_true", help="a few steps of each")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)
-    import ray
+    steps, repeats = (args.steps, args.repeats) if not args.quick else (12, 2)
+    A, E = args.actors, args.envs
+    model, cfg = small_model()
+    payload = ModelPayload.of(model, cfg, None)
+    request = [TaskRequest("metaworld", args.task, A * E, steps, TARGET)]
 
-    ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
-    # (episodes, max_steps) of the pipeline run, steps of the raw env and of the naive loop
-    meta_sizes, atari_sizes = ((4, 10), 20, 4), ((4, 6), 20, 3)
-    if not args.quick:
-        # the naive loop runs as long as a pipeline episode: its windows fill up to K too
-        meta_sizes, atari_sizes = ((4 * args.envs, 100), 300, 100), ((2 * args.envs, 60), 300, 60)
+    rows: list[tuple[float, float, float, float]] = []  # pipeline, naive, raw, forward
+    with ray_session(num_cpus=A) as ray:
+        t0 = time.perf_counter()
+        cold = evaluate(payload, request, num_actors=A, envs_per_actor=E)
+        cold_s = time.perf_counter() - t0
+        # zero CPUs reserved: the probes measure while the pool's actors wait between calls
+        probes = [ray.remote(num_cpus=0)(Probe).remote(payload, args.task, E) for _ in range(A)]
+        with open_pool(payload, num_actors=A, envs_per_actor=E, units=A) as pool:
+            pool.evaluate(request)  # warm: actors started, model built, envs made
+            for _ in range(repeats):
+                warm = pool.evaluate(request)
+                naive = naive_rate(model, args.task, steps)
+                probed = ray.get([p.rates.remote(max(10, steps // 2), max(5, steps // 5))
+                                  for p in probes])  # fmt: skip
+                raw, fwd = (sum(r[i] for r in probed) for i in (0, 1))
+                rows.append((warm.steps_per_s, naive, raw, fwd))
+            actors = pool.pool.size
+    naive_median = statistics.median(r[1] for r in rows)
 
-    rates = []
-    try:
-        for atari, ((episodes, max_steps), raw_steps, naive_steps) in (
-            (False, meta_sizes),
-            (True, atari_sizes),
-        ):
-            suite: Suite = "atari" if atari else "metaworld"
-            label = args.game if atari else args.task
-            target = None if atari else 4000.0
-            model, cfg = small_model(atari)
-            env = make_env(suite, label, args.envs, goal_seed=0)
-            single = make_env(suite, label, 1, goal_seed=0)
-            rates.append(raw_rate(env, raw_steps, label))
-            request = TaskRequest(suite, label, episodes, max_steps, target)
-            payload = ModelPayload.of(model, cfg, None)
-            rates.extend(pipeline_rates(payload, request, args.actors, args.envs))
-            rates.append(naive_rate(model, single, target, naive_steps, label))
-            env.close()
-            single.close()
-    finally:
-        ray.shutdown()
-
-    print(f"\n{'env':<10} {'path':<10} {'layout':<20} {'steps':>7} {'seconds':>8} "
-          f"{'steps/s':>9} {'x naive':>8} {'/ raw':>7}")  # fmt: skip
-    for r in rates:
-        same = {x.path: x for x in rates if x.env == r.env}
-        vs_naive = r.per_second / same["naive"].per_second
-        vs_raw = r.per_second / same["raw"].per_second
-        print(f"{r.env:<10} {r.path:<10} {r.layout:<20} {r.steps:>7} {r.seconds:>8.2f} "
-              f"{r.per_second:>9.1f} {vs_naive:>8.2f} {vs_raw:>7.3f}")  # fmt: skip
-    print(
-        "pipeline: end to end (actor start included); pipeline*: steady, the busiest actor's time"
-    )
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.task}, "
+          f"{actors} actors x {E} envs, {A * E} episodes x {steps} steps per call")  # fmt: skip
+    print(f"{'repeat':>6} {'pipeline':>9} {'naive':>7} {'raw':>8} {'forward':>8} "
+          f"{'x naive':>8} {'/ ceiling':>9}")  # fmt: skip
+    vs_naive, vs_ceiling = [], []
+    for i, (pipe, nv, raw, fwd) in enumerate(rows):
+        ceiling = min(raw, fwd)
+        vs_naive.append(pipe / nv)
+        vs_ceiling.append(pipe / ceiling)
+        print(f"{i:>6} {pipe:>9.1f} {nv:>7.1f} {raw:>8.1f} {fwd:>8.1f} "
+              f"{pipe / nv:>8.2f} {pipe / ceiling:>9.3f}")  # fmt: skip
+    print(f"cold evaluate(): {cold.env_steps} steps in {cold_s:.1f} s = {cold.env_steps / cold_s:.1f}"
+          f" steps/s, {cold.env_steps / cold_s / naive_median:.2f}x the naive loop (median)")  # fmt: skip
+    print(f"BENCH eval_cold_vs_naive {cold.env_steps / cold_s / naive_median:.3f}")
+    print(f"BENCH eval_vs_naive {statistics.median(vs_naive):.3f}")
+    print(f"BENCH eval_vs_ceiling {statistics.median(vs_ceiling):.3f}")
 
 
 if __name__ == "__main__":
