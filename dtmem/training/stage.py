@@ -51,7 +51,10 @@ def run_stage(plan: TrainPlan, title: str) -> TrainResult:
         )
         _print_summary(console, title, done, plan)
         return done
-    where = "in this process" if not cfg.scaling.on_ray else f"{cfg.scaling.num_workers} workers"
+    n = cfg.scaling.num_workers
+    where = (
+        f"{n} Ray Train worker{'s' if n > 1 else ''}" if cfg.scaling.on_ray else "in this process"
+    )
     console.print(
         f"dtmem {title}: {plan.run_name}, {plan.resume_step}/{cfg.optim.max_steps} steps, "
         f"{where}; checkpoints in {plan.run_dir}, MLflow {redact_uri(plan.tracking_uri)}",
