@@ -36,8 +36,8 @@ class SchedulerConfig(FrozenConfig):
         1,
         ge=1,
         description="optimiser steps a trial runs before ASHA may stop it (first rung); "
-        "rungs are at grace_period * reduction_factor^k, judged at the first checkpoint at "
-        "or after each",
+        "rungs are at grace_period * reduction_factor^k before the trial's last step, judged "
+        "at the first checkpoint at or after each; a trial that reaches its last step finishes",
     )
     reduction_factor: float = Field(
         2.0, gt=1, description="ASHA keeps the best 1/reduction_factor of trials at each rung"

@@ -145,11 +145,15 @@ def build_tuner(
             str(plan.tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     if cfg.scheduler.kind == "asha":
+        # Rungs (grace * rf^k) strictly before the last step, and no stop at max_t: a trial
+        # that has trained all its steps finishes and is evaluated, never stopped at its end
+        # by a hair's difference in the last rung (plan_sweep checks grace < max_t).
         scheduler: Any = ASHAScheduler(
             time_attr=STEP,
-            max_t=plan.max_t + 1,  # ASHA stops a trial that reaches max_t: let it finish
+            max_t=plan.max_t - 1,
             grace_period=cfg.scheduler.grace_period,
             reduction_factor=cfg.scheduler.reduction_factor,
+            stop_last_trials=False,
         )
     else:
         scheduler = FIFOScheduler()

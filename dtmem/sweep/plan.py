@@ -37,7 +37,7 @@ from dtmem.sweep.validation import validation_batches
 
 if TYPE_CHECKING:
     from dtmem.config.train import TrainConfig
-    from dtmem.training.stage import TrainPlan
+    from dtmem.training.plan import TrainPlan
 
 __all__ = [
     "RESERVED",
@@ -61,6 +61,7 @@ RESERVED: dict[str, str] = {
     "scaling": "every trial gets the same resources: set scaling in the base config",
     "data.root": "set it in the base config or overrides",
     "progress": "trials run without a progress display",
+    "validation": "trials report the sweep's own held-out loss: set validation in the sweep file",
 }
 
 # The shipped sweep files (``tuning/*.yaml``), which name their base configs relative to
@@ -119,7 +120,7 @@ class SweepPlan:
 @dataclass(frozen=True)
 class SweptStage(Generic[C]):
     """A stage a sweep can run: its config class and the stage's own checks
-    (``dtmem.training.stage.prepare_*``), kept together so a trial's config reaches the
+    (``dtmem.training.plan.prepare_*``), kept together so a trial's config reaches the
     matching ``prepare`` with its type known."""
 
     config: type[C]
@@ -130,13 +131,13 @@ class SweptStage(Generic[C]):
 
 
 def _prepare_pretrain(cfg: PretrainConfig) -> TrainPlan:
-    from dtmem.training.stage import prepare_pretrain  # torch: imported in the trial only
+    from dtmem.training.plan import prepare_pretrain  # torch: imported in the trial only
 
     return prepare_pretrain(cfg)
 
 
 def _prepare_finetune(cfg: FinetuneConfig) -> TrainPlan:
-    from dtmem.training.stage import prepare_finetune
+    from dtmem.training.plan import prepare_finetune
 
     return prepare_finetune(cfg)
 
@@ -226,6 +227,11 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, f"base {cfg.base}")) from None
 
+    if base.validation.episodes:
+        raise SweepError(
+            f"base: validation.episodes={base.validation.episodes}: a sweep's trials report "
+            "its own held-out loss (the sweep file's validation); set it to 0"
+        )
     modes = [getattr(base, "mode", None)]
     modes += [v for a in axes if a.path == "mode" for v in a.values]
     if "frozen" in modes:
@@ -278,6 +284,11 @@ def plan_sweep(cfg: SweepConfig, check_data: bool = True) -> SweepPlan:
 
     max_steps = next((a for a in axes if a.path == "optim.max_steps"), None)
     max_t = int(max_steps.upper_bound()) if max_steps else base.optim.max_steps
+    if cfg.scheduler.kind == "asha" and cfg.scheduler.grace_period >= max_t:
+        raise SweepError(
+            f"scheduler.grace_period={cfg.scheduler.grace_period}: trials run {max_t} steps, "
+            "so ASHA could never stop one before its end; lower it, or scheduler.kind=fifo"
+        )
 
     spec = TrialSpec(
         name=cfg.name,

@@ -53,6 +53,7 @@ class SweepResult:
     score_mode: str  # "min" | "max"
     rows: list[dict[str, Any]]  # trial, trial_id, status, run_id, swept values, step, metrics
     best: dict[str, Any] | None  # the finished trial with the best score
+    interval: str | None  # what the score plot's 95% CIs rest on ("bootstrap over 3 seeds")
     table: Path  # results.csv in the sweep directory (also on the MLflow run)
     plots: list[Path]
     wall_s: float
@@ -188,8 +189,8 @@ def score_points(
             mean, low, high = bootstrap_ci(scores, n_boot)
         else:
             mean = sum(scores) / len(scores)
-            units_ = [u for r in g for u in _samples(plan, r["trial_id"], score)]
-            _, low, high = bootstrap_ci(units_, n_boot) if units_ else (mean, mean, mean)
+            samples = [u for r in g for u in _samples(plan, r["trial_id"], score)]
+            _, low, high = bootstrap_ci(samples, n_boot) if samples else (mean, mean, mean)
         points.append({x: value, "score": mean, "ci_low": low, "ci_high": high, "n": len(g)})
     return points, method
 
@@ -220,9 +221,11 @@ def report_results(
     table = _write_csv(rows, plan.sweep_dir / "results.csv")
     parent.log_table(rows, RESULTS_ARTIFACT)
     plots: list[Path] = []
+    interval = None
     if cfg.plot.x in swept:
         points, method = score_points(plan, rows, cfg.plot.x, plan.score)
         if points:
+            interval = method
             slug = cfg.plot.x.split(".")[-1]
             path = plot_score(
                 points, cfg.plot.x, plan.score, method, plan.sweep_dir / f"score_vs_{slug}.png"
@@ -277,6 +280,7 @@ def report_results(
         score_mode=plan.score_mode,
         rows=rows,
         best=best,
+        interval=interval,
         table=table,
         plots=plots,
         wall_s=wall_s,
@@ -308,6 +312,9 @@ def print_summary(result: SweepResult, plan: SweepPlan) -> None:
             f"best by {result.score} ({result.score_mode}): {result.best['trial']} "
             f"{result.score}={result.best[result.score]:.4g} (MLflow run {result.best['run_id']})"
         )
+    for path in result.plots:
+        ci = f" (95% CI: {result.interval})" if path.name.startswith("score_vs") else ""
+        console.print(f"plot: {path}{ci}")
     console.print(
         f"{len(result.rows)} trials in {result.wall_s:.1f} s; sweep run {result.run_id}; "
         f"results {result.table}"

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from dtmem.config.train import TrainConfig
     from dtmem.tracking import RunHandle
     from dtmem.training.loop import TrainJob, WorkerContext
-    from dtmem.training.stage import TrainPlan
+    from dtmem.training.plan import TrainPlan
 
 __all__ = [
     "TrialReporter",
@@ -246,26 +246,28 @@ def _train_and_finish(
     import torch
     from ray import tune
 
+    from dtmem.training.finish import finish, log_inputs
     from dtmem.training.loop import local_context, run_worker
-    from dtmem.training.stage import finish, log_model_size
 
     run_dir = Path(plan.run_dir)
-    log_model_size(plan, run)
+    log_inputs(plan, run)  # model size as params, datasets as MLflow dataset inputs
     batches = validation_batches(cfg.data, spec.validation, plan.state_stats)
     job = plan.job(run)
     (run_dir / FINAL_FILE).unlink(missing_ok=True)  # a failed attempt's
     t_train = time.time()
+    threads = None  # a Ray Train trial's workers get theirs from Ray Train
     if spec.executor == "local":
         # torch's intra-op threads = the CPUs Tune reserved for the trial (more would
         # spin-wait against the trials beside it)
         torch.set_num_threads(spec.threads)
+        threads = torch.get_num_threads()
     log_event(
         spec.sweep_dir,
         "train_begin",
         trial_id=trial_id,
         from_step=plan.resume_step,
         pid=os.getpid(),
-        threads=torch.get_num_threads() if spec.executor == "local" else None,
+        threads=threads,
     )
     if spec.executor == "local":
         reporter = TrialReporter(batches, tune.report, spec.extra_keys, spec.evaluation, handle=run)
