@@ -176,9 +176,9 @@ def test_no_credential_reaches_a_trial_run(env, monkeypatch) -> None:
 
     secret_uri = "https://alice:s3cr3t-token@mlflow.example.com:5000/?api_key=k3y"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
-    cfg = smoke(env, "secret").model_copy(
-        update={"tracking": SweepConfig.model_fields["tracking"].default_factory()}
-    )
+    from dtmem.config.tracking import TrackingConfig
+
+    cfg = smoke(env, "secret").model_copy(update={"tracking": TrackingConfig()})  # uri unset
     plan = plan_sweep(cfg, check_data=False)
     assert plan.spec.tracking.uri == secret_uri  # trials log to it...
     spec = replace(plan.spec, parent_run_id="p" * 32)
