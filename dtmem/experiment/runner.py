@@ -205,15 +205,16 @@ def _dataset_outputs(ids: list[str], root: Path) -> list[Output]:
 def _dataset_node(
     node: Node, cfg: Any, tracking: TrackingConfig, root: Path
 ) -> tuple[str, list[Output]]:
-    """Existing Minari datasets (checked, their hashes logged) or a DQN Replay import."""
+    """Existing Minari datasets (opened, so a missing or broken one fails here) or a DQN
+    Replay import; each logged as an MLflow dataset input with its content hash."""
     from dtmem.data.minari_io import open_dataset
-    from dtmem.tracking import start_run
+    from dtmem.tracking import log_dataset_input, start_run
 
     with start_run(tracking, stage=node.stage, config=cfg) as run:
         if node.stage == "import":
             from dtmem.data.dqn_replay import import_dqn_replay
 
-            info = import_dqn_replay(
+            import_dqn_replay(
                 cfg.path,
                 cfg.dataset_id,
                 game=cfg.game,
@@ -222,13 +223,10 @@ def _dataset_node(
                 max_steps=cfg.max_steps,
                 root=root,
             )
-            run.set_tags(info.mlflow_tags())
-        else:
-            for dataset_id in node.produces:
-                reader = open_dataset(dataset_id, root)
-                run.set_tags(
-                    {f"data.{dataset_id}.content_hash": reader.stored_content_hash or "unknown"}
-                )
+        for dataset_id in node.produces:
+            digest = open_dataset(dataset_id, root).stored_content_hash or "unknown"
+            run.set_tags({f"data.{dataset_id}.content_hash": digest})
+            log_dataset_input(run, dataset_id, digest, str(root / dataset_id), context="source")
         return run.run_id, _dataset_outputs(list(node.produces), root)
 
 
