@@ -340,7 +340,10 @@ def test_smoke_sweep(env, ray_session, capfd) -> None:
     out = capfd.readouterr()
     terminal = out.out + out.err
     assert "tensorboard" not in terminal.lower() and "Trial status" not in terminal
-    assert "dtmem sweep smoke" in out.out  # the sweep's own table
+    assert "dtmem sweep smoke" in out.out  # the sweep's own table, then the line to open it
+    assert (
+        out.out.strip().splitlines()[-1].startswith(f"run {result.run_id}: see it with `dtmem ui")
+    )
     rows = result.rows
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "early_stopped"}
     assert {(r["model.memory.slots"], r["seed"]) for r in rows} == {

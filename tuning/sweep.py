@@ -37,8 +37,10 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, *, verbose: bool = False) 
     output too."""
     from dtmem.ray_session import ray_session
     from dtmem.tracking import check_tracking, start_run
+    from dtmem.training.report import quiet_libraries
 
     t0 = time.time()
+    quiet_libraries(verbose)  # MLflow's and Ray's INFO lines, as every stage does
     plan = plan_sweep(cfg)
     assert plan.spec.tracking.uri is not None  # plan_sweep resolved it
     check_tracking(plan.spec.tracking.uri)

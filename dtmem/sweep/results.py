@@ -288,8 +288,12 @@ def report_results(
 
 
 def print_summary(result: SweepResult, plan: SweepPlan) -> None:
+    """The trials' table, the failures, the best trial, the plots; last, the sweep's run
+    and the line that opens it."""
     from rich.console import Console
     from rich.table import Table
+
+    from dtmem.training.report import ui_hint
 
     table = Table(title=f"dtmem sweep {result.name}")
     columns = ["trial", "status", STEP, result.metric]
@@ -303,7 +307,7 @@ def print_summary(result: SweepResult, plan: SweepPlan) -> None:
             v = row.get(col)
             cells.append(f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v))
         table.add_row(*cells)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and the ui line unbroken
     console.print(table)
     for row in result.trials("failed"):
         console.print(f"failed: {row['trial']} ({row['trial_id']}): {row.get('error', '?')}")
@@ -315,10 +319,9 @@ def print_summary(result: SweepResult, plan: SweepPlan) -> None:
     for path in result.plots:
         ci = f" (95% CI: {result.interval})" if path.name.startswith("score_vs") else ""
         console.print(f"plot: {path}{ci}")
-    console.print(
-        f"{len(result.rows)} trials in {result.wall_s:.1f} s; sweep run {result.run_id}; "
-        f"results {result.table}"
-    )
+    console.print(f"{len(result.rows)} trials in {result.wall_s:.1f} s; results {result.table}")
+    assert plan.spec.tracking.uri is not None  # plan_sweep resolved it
+    console.print(ui_hint(plan.spec.tracking.uri, plan.spec.tracking.experiment, result.run_id))
 
 
 # --------------------------------------------------------------------------- plots
