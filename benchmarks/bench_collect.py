@@ -6,7 +6,9 @@ The pipeline's rate is env steps over the whole ``run_collect`` call (actors sta
 built in them, episodes recorded and written to a temp dir, datasets committed, the MLflow
 run and the summary), what a user waits for. The plain loop is ``record_episodes`` on one
 env in this process, no Ray, nothing written. Ray is started once beforehand, as a cluster
-would be. Figures last, one per line: ``BENCH <name> <value>``.
+would be. On a machine shared with other work, ``collect_machine_2_vs_1`` says how much a
+second process can add at all right now (the plain loop in 2 warm processes at once against
+1, measured in each pair's turn). Figures last, one per line: ``BENCH <name> <value>``.
 
     python benchmarks/bench_collect.py            # about 2 minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # fewer episodes, one pair
@@ -16,21 +18,24 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
 from dtmem.collect.actors import record_episodes
 from dtmem.collect.policies import make_policy, plan_episodes
-from dtmem.config.collect import CollectConfig
+from dtmem.config.collect import CollectConfig, PolicyConfig
 from dtmem.envs import make_env
 from dtmem.ray_session import ray_session
 
 TASKS = ("reach-v3", "push-v3")
+spawn = multiprocessing.get_context("spawn")
 
 
 def plain_loop(cfg: CollectConfig) -> float:
@@ -46,6 +51,27 @@ def plain_loop(cfg: CollectConfig) -> float:
         env.close()
         steps += sum(r.episode.num_steps for r in got)
     return steps / (time.perf_counter() - start)
+
+
+def _record(task: str, episodes: int) -> int:
+    """Env steps of ``episodes`` expert episodes of ``task`` (in a worker process)."""
+    cfg = PolicyConfig(kind="expert", noise_std=0.1, epsilon=0.05)
+    env = make_env("metaworld", task, 1)
+    policy = make_policy(cfg, env.spec, 1, task)
+    got = record_episodes(env, policy, plan_episodes(0, task, range(episodes), total=episodes))
+    env.close()
+    return sum(r.episode.num_steps for r in got)
+
+
+def machine_2_vs_1(pool: ProcessPoolExecutor, episodes: int) -> float:
+    """What this machine allows right now: the plain loop in 2 processes at once against 1
+    (warm processes, one task each against both tasks in turn), steps/s ratio."""
+    t0 = time.perf_counter()
+    one = sum(pool.submit(_record, t, episodes).result() for t in TASKS)  # one at a time
+    t1 = time.perf_counter()
+    two = sum(f.result() for f in [pool.submit(_record, t, episodes) for t in TASKS])
+    t2 = time.perf_counter()
+    return (two / (t2 - t1)) / (one / (t1 - t0))
 
 
 def main() -> None:
@@ -77,11 +103,15 @@ def main() -> None:
         )
         plain = plain_loop(base)
         rates: dict[int, list[float]] = {1: [], 2: []}
-        with ray_session(num_cpus=2):
+        machine: list[float] = []
+        with ray_session(num_cpus=2), ProcessPoolExecutor(2, mp_context=spawn) as workers:
+            for f in [workers.submit(_record, t, 1) for t in TASKS]:  # warm: imports, envs
+                f.result()
             # warm-up: the MLflow store's tables are created by the first run, not a pair's
             tiny = {"episodes_per_task": 1, "max_steps": 5, "root": str(Path(tmp) / "warm")}
             run_collect(base.model_copy(update=tiny), console=Console(file=io.StringIO()))
             for i in range(repeats):
+                machine.append(machine_2_vs_1(workers, max(1, episodes // 4)))
                 for actors in (1, 2):
                     cfg = base.model_copy(
                         update={"num_actors": actors, "root": str(Path(tmp) / f"ds{i}-{actors}")}
@@ -96,6 +126,10 @@ def main() -> None:
     ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {len(TASKS)} tasks "
           f"x {episodes} episodes x 500 steps; plain loop in one process {plain:.0f} steps/s")  # fmt: skip
+    print("pairs (2 actors / 1): " + ", ".join(f"{r:.2f}" for r in ratios))
+    print("the machine itself, plain loops in 2 processes / 1: "
+          + ", ".join(f"{r:.2f}" for r in machine))  # fmt: skip
+    print(f"BENCH collect_machine_2_vs_1 {statistics.median(machine):.3f}")
     print(f"BENCH collect_2_vs_1 {statistics.median(ratios):.3f}")
 
 
