@@ -125,6 +125,11 @@ def test_paper_plans_print_what_each_node_asks_for(capsys, name, nodes, pretrain
         (["finetune.config=nowhere.yaml"], "finetune: "),
         (["bogus=1"], "bogus: unknown field"),
         (["held_out_tasks=[reach-v3]"], "reach-v3 is also a train task"),
+        (["baselines={dt: {kind: nearest_neighbour}}"], "baselines.dt: also the name of an arm"),
+        (
+            ['arms.dtmem.finetune_overrides=["lora.bogus=1"]'],
+            "arms.dtmem.finetune_overrides / finetune: ",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_file_and_field(store, overrides, expected) -> None:

@@ -14,11 +14,12 @@ Nodes (names are also the MLflow tag ``dtmem.node``):
     evaluate/<arm>/s<seed>/<task>/zero_shot              a held-out task
     evaluate/<arm>/s<seed>/<task>/<mode>/finetuned       its held-out task
     evaluate/<arm>/s<seed>/<task>/<mode>/forgetting      the train tasks again
+    evaluate/<baseline>/s<seed>/<task>/finetuned         a baseline on a held-out task
     sweep/<name>
 
 Edges: a training node (or a sweep's base) reads the dataset nodes that produce its
 ``data.datasets`` ids; a fine-tune reads its pretraining; an evaluation reads the model it
-evaluates; ``after:`` adds explicit edges (and so can make a cycle, which is refused).
+evaluates (a baseline's, the datasets of its demonstrations); ``after:`` adds explicit edges (and so can make a cycle, which is refused).
 """
 
 from __future__ import annotations
@@ -211,31 +212,42 @@ class _Builder:
                     )
                 )
 
-    def finetunes(self) -> None:
+    def finetune_config(
+        self, task: str, seed: int, mode: str, arm: str | None, up: str
+    ) -> tuple[Any, str]:
+        """The fine-tune config of ``task`` at ``seed`` in ``mode`` with ``arm``'s own
+        overrides (pretrained: a placeholder for ``up``), and the field it comes from."""
         from dtmem.config.train import FinetuneConfig
 
+        ft = self.spec.finetune
+        assert ft is not None
+        per_task = ft.tasks.get(task)
+        config = per_task.config if per_task and per_task.config else ft.config
+        field_ = f"finetune.tasks.{task}" if per_task else "finetune"
+        arm_overrides = self.spec.arms[arm].finetune_overrides if arm else ()
+        if arm_overrides:
+            field_ = f"arms.{arm}.finetune_overrides / {field_}"
+        overrides = [
+            *ft.overrides,
+            *(per_task.overrides if per_task else ()),
+            *arm_overrides,
+            f"mode={mode}",
+            f"seed={seed}",
+            f"pretrained={PLACEHOLDER}{up}",
+            "registry.name=null",
+        ]
+        return _load(FinetuneConfig, self.file(config), overrides, self.where(field_)), field_
+
+    def finetunes(self) -> None:
         ft = self.spec.finetune
         if ft is None:
             return
         for arm in ft.arms or tuple(self.spec.arms):
             for seed in self.spec.seeds:
                 for task in self.spec.held_out_tasks:
-                    per_task = ft.tasks.get(task)
-                    config = per_task.config if per_task and per_task.config else ft.config
-                    field_ = f"finetune.tasks.{task}" if per_task else "finetune"
                     up = f"pretrain/{arm}/s{seed}"
                     for mode in ft.modes:
-                        overrides = [
-                            *ft.overrides,
-                            *(per_task.overrides if per_task else ()),
-                            f"mode={mode}",
-                            f"seed={seed}",
-                            f"pretrained={PLACEHOLDER}{up}",
-                            "registry.name=null",
-                        ]
-                        cfg = _load(
-                            FinetuneConfig, self.file(config), overrides, self.where(field_)
-                        )
+                        cfg, field_ = self.finetune_config(task, seed, mode, arm, up)
                         ids = [d.id for d in cfg.data.datasets] if mode != "frozen" else []
                         labels = {"arm": arm, "seed": str(seed), "task": task, "ft_mode": mode}
                         self.add(
@@ -300,6 +312,10 @@ class _Builder:
                         [task],
                         {**common, "task": task, "ft_mode": "none", "eval_kind": "zero_shot"},
                     )
+        for name, baseline in self.spec.baselines.items():
+            for seed in self.spec.seeds:
+                for task in held:
+                    self.baseline_evaluation(name, baseline.kind, seed, task, base, section)
         ft_names = [n for n in self.nodes.values() if n.stage == "finetune"]
         for ft in ft_names:
             labels = dict(ft.labels)
@@ -313,6 +329,47 @@ class _Builder:
                 )
             if ev.forgetting:
                 node(f"{prefix}/forgetting", ft.name, train, {**labels, "eval_kind": "forgetting"})
+
+    def baseline_evaluation(
+        self, name: str, kind: str, seed: int, task: str, base: Any, section: str
+    ) -> None:
+        """``evaluate/<name>/s<seed>/<task>/finetuned``: the baseline fitted on the
+        demonstrations the seed's fine-tunes of ``task`` train on (the mode does not change
+        the data), evaluated on ``task`` like a fine-tuned model, with its own episodes per seed."""
+        from dtmem.config.evaluate import EvaluateConfig
+
+        ft_cfg, _ = self.finetune_config(task, seed, "full", None, f"baselines/{name}")
+        field_ = f"baselines.{name}"
+        dumped = base.model_dump(mode="json")
+        dumped["checkpoint"] = None
+        # Every seed's fine-tunes see the same demonstrations (data.seed), so the baseline's
+        # seeds differ only by their episodes: the evaluation seed is offset by the seed.
+        dumped["seed"] = base.seed + seed
+        dumped["baseline"] = {"kind": kind, "data": ft_cfg.data.model_dump(mode="json")}
+        group, key = section.split(".")
+        dumped[group][key] = [task]
+        try:
+            cfg = EvaluateConfig.model_validate(dumped)
+        except ValueError as exc:
+            raise ExperimentError(f"{self.where(field_)}: {exc}".splitlines()[0]) from None
+        ids = [d.id for d in ft_cfg.data.datasets]
+        self.add(
+            Node(
+                f"evaluate/{name}/s{seed}/{task}/finetuned",
+                "evaluate",
+                cfg,
+                self.data_upstream(ids, field_),
+                {
+                    "arm": name,
+                    "seed": str(seed),
+                    "task": task,
+                    "ft_mode": "none",
+                    "eval_kind": "finetuned",
+                },
+                {"CPU": cfg.num_actors * cfg.cpus_per_actor},
+                field_,
+            )
+        )
 
     # -- sweeps --------------------------------------------------------------------------
 

@@ -257,7 +257,11 @@ def bind(
         update["checkpoint"] = cfg.checkpoint.model_copy(update={"dir": _abs(cfg.checkpoint.dir)})
     if node.stage == "finetune":
         update["pretrained"] = _wired(cfg.pretrained, outcomes)
-    if node.stage == "evaluate":
+    if node.stage == "evaluate" and cfg.baseline is not None:  # no model: its demonstrations
+        data = cfg.baseline.data
+        data = data.model_copy(update={"root": _abs(data.root or root)})
+        update["baseline"] = cfg.baseline.model_copy(update={"data": data})
+    elif node.stage == "evaluate":
         update["checkpoint"] = _wired(cfg.checkpoint, outcomes)
     if node.stage == "collect":
         update["root"] = _abs(cfg.root or root)

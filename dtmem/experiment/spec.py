@@ -4,7 +4,10 @@ experiment file) plus dotted overrides; the runner adds only what wires the stag
 (seed, mode, task, the upstream checkpoint, run names, lineage tags).
 
     datasets      name -> a collect config | existing Minari ids | a DQN Replay import
-    arms          name -> a pretraining config (+ overrides): dtmem, dt, slots-256, ...
+    arms          name -> a pretraining config (+ overrides): dtmem, dt, slots-256, ...;
+                  its own fine-tune overrides (a plain DT's LoRA on attention and MLP)
+    baselines     name -> a policy with no pretraining (1-NN), evaluated on each held-out
+                  task from that task's fine-tuning demonstrations
     seeds         every arm is pretrained once per seed
     train_tasks   the pretraining tasks (evaluated as `pretrained` and `forgetting`)
     held_out_tasks  fine-tuned on and evaluated `zero_shot` / `finetuned`
@@ -26,6 +29,7 @@ from dtmem.config.base import FrozenConfig, SafeId, SafeName
 
 __all__ = [
     "ArmSpec",
+    "BaselineArmSpec",
     "DatasetSpec",
     "DqnReplayImport",
     "EvaluateSpec",
@@ -94,6 +98,22 @@ class ArmSpec(FrozenConfig):
     pretrain: StageRef = Field(..., description="the pretraining config and its overrides")
     after: tuple[str, ...] = Field(
         (), description="extra upstream nodes by name (e.g. sweep/slots), besides its data"
+    )
+    finetune_overrides: tuple[str, ...] = Field(
+        (),
+        description="overrides of this arm's fine-tunes only, after finetune.overrides and the "
+        "task's (e.g. a plain DT's LoRA: lora.modules=attention_mlp, lora.rank=3)",
+    )
+
+
+class BaselineArmSpec(FrozenConfig):
+    """A policy with no pretraining, evaluated per seed x held-out task on the demonstrations
+    that seed's fine-tunes of that task train on (a row of the report, ``ft_mode`` none)."""
+
+    kind: Literal["nearest_neighbour"] = Field(
+        ...,
+        description="nearest_neighbour: the action of the nearest demonstrated state "
+        "(dtmem.baselines); its data is the fine-tune config's data section for the task",
     )
 
 
@@ -190,6 +210,11 @@ class ExperimentSpec(FrozenConfig):
         ..., min_length=1, description="dataset nodes by name"
     )
     arms: dict[SafeName, ArmSpec] = Field(..., min_length=1, description="arms by name")
+    baselines: dict[SafeName, BaselineArmSpec] = Field(
+        default_factory=dict,
+        description="baseline arms by name (no pretraining): evaluated after fine-tuning's "
+        "data on each held-out task; needs finetune",
+    )
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="pretraining seeds")
     train_tasks: tuple[SafeName, ...] = Field(
         ..., min_length=1, description="the pretraining tasks, as the evaluate config names them"
@@ -210,6 +235,11 @@ class ExperimentSpec(FrozenConfig):
         both = sorted(set(self.train_tasks) & set(self.held_out_tasks))
         if both:
             raise ValueError(f"held_out_tasks: {both[0]} is also a train task")
+        for name in self.baselines:
+            if name in self.arms:
+                raise ValueError(f"baselines.{name}: also the name of an arm")
+            if self.finetune is None:
+                raise ValueError(f"baselines.{name}: needs finetune (its data is the fine-tune's)")
         if self.finetune is not None:
             if not self.held_out_tasks:
                 raise ValueError("finetune: no held_out_tasks to fine-tune on")
