@@ -3,8 +3,11 @@ arms of the same size, 10 demonstrations per held-out task, every evaluation kin
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from dtmem.config.evaluate import EvaluateConfig
 from dtmem.config.train import FinetuneConfig, PretrainConfig
@@ -94,3 +97,115 @@ def test_knn_baseline_plays_on_each_held_out_task_from_its_fine_tune_data():
         assert node.upstream == ("collect/ml10",)
         seeds.add(cfg.seed)
     assert len(seeds) == len(plan.spec.seeds)  # each seed its own episodes
+
+
+# --------------------------------------------------------------------------- end to end
+
+TINY_TRAIN = ["reach-v3", "push-v3"]
+TINY_HELD = "drawer-open-v3"
+_FAST = ["optim.warmup_steps=1", "log_every=2", "progress=false", "data.batch_size=4"]
+_CTX = ["model.context=5", "data.context=5"]
+
+
+def _tiny_laptop() -> list[str]:
+    """The laptop study's shape on two train tasks, one held-out task and one seed, every
+    budget tiny: what it runs is the same file's nodes, not their size."""
+    ids = [f"dtmem/ml10/{t}-noisy-v0" for t in TINY_TRAIN]
+    data = "data.datasets=" + json.dumps(
+        [{"id": i, "env": t} for i, t in zip(ids, TINY_TRAIN, strict=True)]
+    )
+    pre = ["optim.max_steps=4", "checkpoint.every_steps=4", *_FAST, *_CTX, data]
+    arms = {
+        "dtmem": {
+            "pretrain": {"config": "../configs/metaworld-laptop/pretrain.yaml", "overrides": pre}
+        },
+        "dt": {
+            "pretrain": {
+                "config": "../configs/metaworld-laptop/pretrain.yaml",
+                "overrides": [*pre, "model.memory=null", "model.d_model=168"],
+            },
+            "finetune_overrides": ["lora.modules=attention_mlp", "lora.rank=3"],
+        },
+    }
+    collect = [
+        "tasks=" + json.dumps([*TINY_TRAIN, TINY_HELD]),
+        "episodes_per_task=3",
+        "max_steps=12",
+        "num_actors=1",
+        "envs_per_actor=1",
+        "chunk_episodes=3",
+    ]
+    ft = [
+        "optim.max_steps=3",
+        "checkpoint.every_steps=3",
+        "data.context=5",
+        "data.episode_fraction=0.67",
+        *[o for o in _FAST if "batch" not in o],
+        "data.batch_size=2",
+    ]
+    ev = ["num_actors=1", "envs_per_actor=1", "metaworld.episodes=1", "metaworld.max_steps=4"]
+    return [
+        "datasets.ml10.collect.overrides=" + json.dumps(collect),
+        "arms=" + json.dumps(arms),
+        "seeds=[0]",
+        "train_tasks=" + json.dumps(TINY_TRAIN),
+        f"held_out_tasks=[{TINY_HELD}]",
+        "finetune.modes=[lora, full, frozen]",
+        "finetune.overrides=" + json.dumps(ft),
+        "finetune.tasks="
+        + json.dumps(
+            {
+                TINY_HELD: {
+                    "overrides": [
+                        f"data.datasets=[{{id: dtmem/ml10/{TINY_HELD}-noisy-v0, env: {TINY_HELD}}}]"
+                    ]
+                }
+            }
+        ),
+        "evaluate.overrides=" + json.dumps(ev),
+        "report.bootstrap_resamples=100",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tiny_laptop_study_runs_every_node_kind_to_the_report(
+    ray_session, tmp_path, monkeypatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from dtmem.experiment.runner import run_experiment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    monkeypatch.chdir(tmp_path)
+    plan = build_plan(FILE, _tiny_laptop())
+    stages = Counter(n.stage for n in plan.nodes.values())
+    assert stages == {"collect": 1, "pretrain": 2, "finetune": 6, "probe": 2, "evaluate": 17}
+    result = run_experiment(plan, say=print)
+    assert result.ok, [(f.name, f.error) for f in result.failures]
+    report = result.report
+    assert report is not None
+    rows = {(c.arm, c.ft_mode) for c in report.cells if c.measure == "finetuned"}
+    assert rows == {
+        ("dtmem", "lora"), ("dtmem", "full"), ("dtmem", "frozen"),
+        ("dt", "lora"), ("dt", "full"), ("dt", "frozen"), ("knn", "none"),
+    }  # fmt: skip
+    assert "| knn | none |" in report.markdown
+    assert {(c.arm, c.ft_mode) for c in report.cells if c.measure == "zero_shot"} == {
+        ("dtmem", "none"), ("dt", "none"),
+    }  # fmt: skip
+    knn = report.cell("knn", "none", "finetuned", TINY_HELD)
+    assert knn.point is not None and 0.0 <= knn.point <= 1.0
+    # the trainable budgets of the two LoRA rows: within one rank step of each other
+    dtmem_lora = report.cell("dtmem", "lora", "trainable_params").point
+    dt_lora = report.cell("dt", "lora", "trainable_params").point
+    assert dtmem_lora and dt_lora and abs(dt_lora - dtmem_lora) / dtmem_lora < 0.1
+    # what the memory does: one heatmap per DT-Mem LoRA / full fine-tune, on its probe run
+    assert len(report.memory_plots) == 2 and "## What the memory does" in report.markdown
+    client = MlflowClient()
+    for uri in report.memory_plots:
+        run_id, path = uri.removeprefix("runs:/").split("/", 1)
+        local = Path(client.download_artifacts(run_id, path, str(tmp_path)))
+        assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and local.stat().st_size > 10_000
+        assert client.get_run(run_id).data.tags["dtmem.stage"] == "probe"

@@ -15,6 +15,7 @@ Nodes (names are also the MLflow tag ``dtmem.node``):
     evaluate/<arm>/s<seed>/<task>/<mode>/finetuned       its held-out task
     evaluate/<arm>/s<seed>/<task>/<mode>/forgetting      the train tasks again
     evaluate/<baseline>/s<seed>/<task>/finetuned         a baseline on a held-out task
+    probe/<arm>/s<seed>/<task>/<mode>                    the memory before / after
     sweep/<name>
 
 Edges: a training node (or a sweep's base) reads the dataset nodes that produce its
@@ -51,7 +52,7 @@ class Node:
     """One stage run of the experiment."""
 
     name: str
-    stage: str  # collect | dataset | import | pretrain | finetune | evaluate | sweep
+    stage: str  # collect | dataset | import | pretrain | finetune | evaluate | probe | sweep
     config: BaseModel  # the validated stage config, as planned (wiring fields: placeholders)
     upstream: tuple[str, ...]
     labels: Mapping[str, str]  # arm, seed, task, ft_mode, eval_kind (the MLflow tags)
@@ -320,6 +321,8 @@ class _Builder:
         for ft in ft_names:
             labels = dict(ft.labels)
             prefix = "evaluate/" + ft.name[len("finetune/") :]
+            if ev.memory and labels["ft_mode"] != "frozen":
+                self.memory_probe(ft)
             if ev.finetuned:
                 node(
                     f"{prefix}/finetuned",
@@ -368,6 +371,34 @@ class _Builder:
                 },
                 {"CPU": cfg.num_actors * cfg.cpus_per_actor},
                 field_,
+            )
+        )
+
+    def memory_probe(self, ft: Node) -> None:
+        """``probe/<arm>/s<seed>/<task>/<mode>``: the memory's addressing before and after the
+        fine-tune ``ft`` (arms whose model has a memory only)."""
+        from dtmem.experiment.memory_probe import STAGE, MemoryProbeConfig
+
+        pre = ft.upstream[0]
+        if not self.nodes[pre].config.model.memory:  # type: ignore[attr-defined]
+            return
+        cfg = MemoryProbeConfig(
+            pretrained=f"{PLACEHOLDER}{pre}",
+            finetuned=f"{PLACEHOLDER}{ft.name}",
+            task=ft.labels["task"],
+            mode=ft.labels["ft_mode"],
+            data=ft.config.data,  # type: ignore[attr-defined]
+            tracking=ft.config.tracking,  # type: ignore[attr-defined]
+        )
+        self.add(
+            Node(
+                "probe/" + ft.name[len("finetune/") :],
+                STAGE,
+                cfg,
+                (pre, ft.name),
+                dict(ft.labels),
+                {"CPU": 1.0},
+                "evaluate.memory",
             )
         )
 

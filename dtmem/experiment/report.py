@@ -118,6 +118,7 @@ class Report:
     markdown_path: Path
     csv_path: Path
     plot_paths: tuple[Path, ...]
+    memory_plots: tuple[str, ...] = ()  # runs:/<probe run>/memory/<task>-<mode>.png
 
     def cell(self, arm: str, ft_mode: str, measure: str, task: str = AGGREGATE) -> Cell:
         for c in self.cells:
@@ -474,6 +475,7 @@ def _markdown(
     statistic: Statistic,
     score_name: str,
     boot: _Bootstrap,
+    memory: Sequence[tuple[str, str]] = (),
 ) -> str:
     index = {(c.arm, c.ft_mode, c.measure, c.task): c for c in cells}
     rows = sorted({(c.arm, c.ft_mode) for c in cells})
@@ -511,6 +513,14 @@ def _markdown(
             lines.append(f"| {arm} | {mode} | " + " | ".join(texts) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    if memory:
+        lines += ["", "## What the memory does", ""]
+        lines += [
+            "Write and read addressing (slots x steps) on one demonstration window, before "
+            "and after fine-tuning, per probe node:",
+            "",
+        ]
+        lines += [f"- {node}: `{uri}`" for node, uri in memory]
     lines += ["", "## Notes", ""] + ([f"- {n}" for n in notes] or ["- none"])
     if cached:
         lines += ["", "## Nodes skipped as cached", "", "| node | stage | run |", "|---|---|---|"]
@@ -587,6 +597,20 @@ def _curves(
     return dict(out)
 
 
+def _memory_plots(client: MlflowClient, nodes: Sequence[_Node]) -> list[tuple[str, str]]:
+    """(node, runs:/ URI) of each heatmap a ``probe`` node logged (``memory_probe``)."""
+    from dtmem.experiment.memory_probe import ARTIFACT_DIR
+    from dtmem.experiment.memory_probe import STAGE as PROBE
+
+    found = []
+    for n in nodes:
+        if n.stage == PROBE:
+            for art in client.list_artifacts(n.run_id, ARTIFACT_DIR):
+                if art.path.endswith(".png"):
+                    found.append((n.node, f"runs:/{n.run_id}/{art.path}"))
+    return found
+
+
 def _plots(
     cells: Sequence[Cell], curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], out: Path
 ) -> list[Path]:
@@ -649,6 +673,7 @@ def build_report(
     cells = _cells(samples, statistic, boot, notes)
     curves = _curves(client, nodes, notes)
     cached = tuple((n.node, n.stage, n.run_id) for n in nodes if n.cached)
+    memory = _memory_plots(client, nodes)
     experiment = parent.data.tags.get(TAG_EXPERIMENT, parent.info.run_name or "")
     commit = parent.data.tags.get("dtmem.git_commit", "")
 
@@ -665,6 +690,7 @@ def build_report(
             statistic,
             score_name,
             boot,
+            memory,
         )
         (tmp / "report.md").write_text(markdown)
         (tmp / "report.csv").write_text(_csv(cells))
@@ -683,4 +709,5 @@ def build_report(
         markdown_path=out_dir / "report.md",
         csv_path=out_dir / "report.csv",
         plot_paths=tuple(plots),
+        memory_plots=tuple(uri for _, uri in memory),
     )

@@ -183,6 +183,10 @@ def _execute(
         evaluated = run_evaluate(cfg)
         assert evaluated.run_id is not None
         return evaluated.run_id, []
+    if node.stage == "probe":
+        from dtmem.experiment.memory_probe import run_memory_probe
+
+        return run_memory_probe(cfg).run_id, []
     if node.stage == "sweep":
         from dtmem.sweep.base import STATE_FILE
         from tuning.sweep import run_sweep
@@ -265,6 +269,10 @@ def bind(
         update["checkpoint"] = _wired(cfg.checkpoint, outcomes)
     if node.stage == "collect":
         update["root"] = _abs(cfg.root or root)
+    if node.stage == "probe":
+        update["pretrained"] = _wired(cfg.pretrained, outcomes)
+        update["finetuned"] = _wired(cfg.finetuned, outcomes)
+        update["data"] = cfg.data.model_copy(update={"root": _abs(cfg.data.root or root)})
     if node.stage == "sweep":
         update["name"] = tracking.run_name
         update["storage_dir"] = _abs(cfg.storage_dir)

@@ -148,6 +148,11 @@ class EvaluateSpec(FrozenConfig):
     forgetting: bool = Field(
         True, description="each fine-tuned model back on the train tasks (forgetting)"
     )
+    memory: bool = Field(
+        False,
+        description="per fine-tune of a model with memory: its write and read addressing on "
+        "one demonstration window, before and after, as heatmaps (a probe node)",
+    )
 
 
 class SweepSpec(FrozenConfig):
