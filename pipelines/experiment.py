@@ -1,7 +1,7 @@
 """``dtmem experiment {plan,run,status,report} FILE``: a whole study from one file.
 
-plan    the DAG (nodes, edges, keys, the resources each node asks for, which are cached);
-        nothing runs
+plan    the DAG (nodes, edges, keys, the resources each node asks for, which are cached)
+        and its estimated wall time on this machine; nothing runs
 run     set up (plan: every stage config validated, every reference checked, before any
         compute), run the nodes that are not cached (``dtmem.experiment.runner``), clean up
         (the report, the failures); exit 1 if a node failed
@@ -64,9 +64,26 @@ def cached_states(plan: Plan) -> dict[str, str]:
     return states
 
 
+def estimate_line(plan: Plan, states: dict[str, str]) -> str:
+    """The plan's estimated wall time on this machine (``dtmem.experiment.estimate``)."""
+    from dtmem.experiment.estimate import estimate_seconds
+
+    cached = [n for n, s in states.items() if s == "cached"]
+    total, unknown = estimate_seconds(plan, cached)
+    text = f"estimated wall time here: {total / 60:.0f} min for {len(plan.nodes) - len(cached)}"
+    text += f" nodes to run ({len(cached)} cached)"
+    if unknown:
+        more = ", ..." if len(unknown) > 3 else ""
+        text += f"; {len(unknown)} not estimated (no rate): {', '.join(unknown[:3])}{more}"
+    return text
+
+
 def plan_main(path: Path, overrides: list[str]) -> int:
     plan = build_plan(path, overrides)
-    print_plan(plan, cached_states(plan), _console())
+    states = cached_states(plan)
+    console = _console()
+    print_plan(plan, states, console)
+    console.print(estimate_line(plan, states))
     return 0
 
 

@@ -277,8 +277,10 @@ class _Builder:
         train, held = list(self.spec.train_tasks), list(self.spec.held_out_tasks)
 
         def node(name: str, model: str, tasks: list[str], labels: dict[str, str]) -> None:
+            on_train = labels["eval_kind"] in ("pretrained", "forgetting")
             overrides = [
                 *ev.overrides,
+                *(ev.train_task_overrides if on_train else ()),
                 f"checkpoint={PLACEHOLDER}{model}",
                 f"{section}={json.dumps(tasks)}",
             ]

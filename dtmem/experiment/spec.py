@@ -142,6 +142,11 @@ class EvaluateSpec(FrozenConfig):
 
     config: Path = Field(..., description="the evaluation config, relative to this file")
     overrides: tuple[str, ...] = Field((), description="overrides for every evaluation")
+    train_task_overrides: tuple[str, ...] = Field(
+        (),
+        description="overrides for the evaluations on the train tasks only (pretrained and "
+        "forgetting, alike: forgetting is their difference), e.g. fewer episodes per task",
+    )
     pretrained: bool = Field(True, description="each pretrained model on the train tasks")
     zero_shot: bool = Field(True, description="each pretrained model on the held-out tasks")
     finetuned: bool = Field(True, description="each fine-tuned model on its held-out task")
