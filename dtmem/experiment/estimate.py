@@ -28,8 +28,11 @@ __all__ = ["estimate_seconds", "node_seconds"]
 # rate from two whole stage runs of different sizes with the laptop study's own configs
 # (pipelines/configs/metaworld-laptop/), the start-up the median of their intercepts (a Ray
 # task, an MLflow run, the stage's set-up). Two runs gave train 2039 / 2020 (DT-Mem) and
-# 3036 / 3003 (DT) tokens/s, eval 242 / 263 env steps/s, start-up 6.3 / 5.8 s: the slower.
-COLLECT_ENV_STEPS_PER_S = 1000.0  # noisy scripted expert, 2 actors x 4 envs
+# 3036 / 3003 (DT) tokens/s, eval 242 / 263 env steps/s, start-up 6.3 / 5.8 s: the slower
+# is kept. A third run, with the machine busier still, gave 1309 / 2038 tokens/s, 152 env
+# steps/s and collect 983 env steps/s (the only collect figure: the first two runs lacked
+# a warm-up): on a machine shared that way the study takes up to ~1.5x the estimate.
+COLLECT_ENV_STEPS_PER_S = 980.0  # noisy scripted expert, 2 actors x 4 envs
 TRAIN_TOKENS_PER_S = {"memory": 2020.0, "plain": 3000.0}  # in-process training, one worker
 EVAL_ENV_STEPS_PER_S = 240.0  # one worker, 10 envs, DT-Mem policy
 NODE_STARTUP_S = 6.3
