@@ -22,14 +22,16 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "metaworld-laptop"
 TASK = "drawer-open-v3"
 STEPS = 250
 
 
-def _timed(fn, cfg) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+def _timed(fn: Callable[[Any], Any], cfg: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn(cfg)
     return time.perf_counter() - t0, out
@@ -61,12 +63,12 @@ def main() -> None:
     with ray_session():
         points = []
         for n in (2, 8, 24):  # the config's 2 actors x 4 envs: one and three rounds of episodes
-            cfg = load_config(
+            collect_cfg = load_config(
                 CollectConfig,
                 CONFIGS / "collect.yaml",
                 [f"tasks=[{TASK}]", f"episodes_per_task={n}", f'dataset.name="{{task}}-{n}"'],
             )
-            wall, _ = _timed(run_collect, cfg)
+            wall, _ = _timed(run_collect, collect_cfg)
             points.append((n * STEPS, wall))
         # the first run is a warm-up (imports, Ray's first actors): left out
         results["collect_env_steps_per_s"], start = _line(*points[1:])
@@ -77,7 +79,7 @@ def main() -> None:
         for arm, extra in (("dtmem", []), ("dt", ["model.memory=null", "model.d_model=168"])):
             points = []
             for steps in (20, 60):
-                cfg = load_config(
+                train_cfg = load_config(
                     PretrainConfig,
                     CONFIGS / "pretrain.yaml",
                     [
@@ -89,22 +91,22 @@ def main() -> None:
                         "progress=false",
                     ],
                 )
-                wall, trained = _timed(run_pretrain, cfg)
-                tokens = steps * cfg.data.batch_size * cfg.data.context
+                wall, trained = _timed(run_pretrain, train_cfg)
+                tokens = steps * train_cfg.data.batch_size * train_cfg.data.context
                 points.append((tokens, wall))
                 if arm == "dtmem":
-                    checkpoint = str(trained.checkpoint_dir)  # type: ignore[attr-defined]
+                    checkpoint = str(trained.checkpoint_dir)
             results[f"train_tokens_per_s_{arm}"], start = _line(*points)
             startups.append(start)
 
         points = []
         for n in (10, 20):  # the config's 10 envs: one and two rounds of episodes
-            cfg = load_config(
+            eval_cfg = load_config(
                 EvaluateConfig,
                 CONFIGS / "evaluate.yaml",
                 [f"checkpoint={checkpoint}", f"metaworld.episodes={n}"],
             )
-            wall, _ = _timed(run_evaluate, cfg)
+            wall, _ = _timed(run_evaluate, eval_cfg)
             points.append((n * STEPS, wall))
         results["eval_env_steps_per_s"], start = _line(*points)
         startups.append(start)
