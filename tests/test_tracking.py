@@ -166,11 +166,12 @@ def test_git_commit_falls_back_to_the_submitted_one(monkeypatch, tmp_path) -> No
     import shutil
 
     import dtmem.tracking as tracking
+    import dtmem.tracking_runs as runs  # git_commit's own module: it reads its __file__
 
-    fake = tmp_path / "pkg" / "tracking.py"  # a package location outside any git checkout
+    fake = tmp_path / "pkg" / "tracking_runs.py"  # a package location outside any git checkout
     fake.parent.mkdir()
-    shutil.copy(tracking.__file__, fake)
-    monkeypatch.setattr(tracking, "__file__", str(fake))
+    shutil.copy(runs.__file__, fake)
+    monkeypatch.setattr(runs, "__file__", str(fake))
     monkeypatch.delenv("DTMEM_GIT_COMMIT", raising=False)
     assert tracking.git_commit() is None
     monkeypatch.setenv("DTMEM_GIT_COMMIT", "abc123")
