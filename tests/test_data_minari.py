@@ -73,6 +73,33 @@ def write_vector(dataset_id: str, episodes: list[Episode], **kw) -> object:
     )
 
 
+def write_with_minari(dataset_id: str, episodes: list[Episode], data_format: str) -> None:
+    """A dataset made by Minari's own writer (create_dataset_from_buffers, env=None)."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    buffers = [
+        EpisodeBuffer(
+            observations=ep.observations,
+            actions=ep.actions,
+            rewards=ep.rewards.astype(np.float64),
+            terminations=ep.terminations,
+            truncations=ep.truncations,
+        )
+        for ep in episodes
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # minari warns about missing author etc.
+        minari.create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=None,
+            observation_space=VEC_OBS,
+            action_space=VEC_ACT,
+            data_format=data_format,
+        )
+
+
 def test_written_dataset_opens_with_plain_minari(root):
     import minari
 
@@ -180,33 +207,12 @@ def test_root_resolution(tmp_path, monkeypatch):
 @pytest.mark.parametrize("data_format", ["arrow", "hdf5"])
 def test_dataset_made_by_minari_reads_and_trains_here(root, data_format):
     """Minari's own writer (create_dataset_from_buffers with whole arrays, env=None)."""
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
 
     from dtmem.data.sampler import build_sampler
 
     rng = np.random.default_rng(5)
     episodes = [vector_episode(rng, T) for T in (12, 9, 15)]
-    buffers = [
-        EpisodeBuffer(
-            observations=ep.observations,
-            actions=ep.actions,
-            rewards=ep.rewards.astype(np.float64),
-            terminations=ep.terminations,
-            truncations=ep.truncations,
-        )
-        for ep in episodes
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # minari warns about missing author etc.
-        minari.create_dataset_from_buffers(
-            f"elsewhere/{data_format}-v0",
-            buffers,
-            env=None,
-            observation_space=VEC_OBS,
-            action_space=VEC_ACT,
-            data_format=data_format,
-        )
+    write_with_minari(f"elsewhere/{data_format}-v0", episodes, data_format)
     reader = open_dataset(f"elsewhere/{data_format}-v0")
     assert reader.stored_content_hash is None and reader.env_id is None
     np.testing.assert_array_equal(reader.episode_lengths(), [12, 9, 15])
@@ -402,8 +408,6 @@ def _lambda_spec():
 
 
 def test_damaged_dataset_files_give_one_line_naming_the_file(root):
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
 
     from dtmem.data.sampler import build_sampler
 
@@ -459,25 +463,7 @@ def test_damaged_dataset_files_give_one_line_naming_the_file(root):
     assert "steps, but the dataset's metadata says" in message and str(data) in message
 
     # a truncated hdf5 file written by Minari itself
-    buffers = [
-        EpisodeBuffer(
-            observations=ep.observations,
-            actions=ep.actions,
-            rewards=ep.rewards.astype(np.float64),
-            terminations=ep.terminations,
-            truncations=ep.truncations,
-        )
-        for ep in (vector_episode(rng, 8), vector_episode(rng, 6))
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        minari.create_dataset_from_buffers(
-            "bad/hdf5-v0",
-            buffers,
-            observation_space=VEC_OBS,
-            action_space=VEC_ACT,
-            data_format="hdf5",
-        )
+    write_with_minari("bad/hdf5-v0", [vector_episode(rng, 8), vector_episode(rng, 6)], "hdf5")
     h5 = root / "bad/hdf5-v0/data/main_data.hdf5"
     h5.write_bytes(h5.read_bytes()[:1000])
     assert sampler_error("bad/hdf5-v0").startswith(str(root / "bad/hdf5-v0/data"))
