@@ -220,9 +220,19 @@ def _save_atomic(algo: Any, final: Path, algorithm: str) -> None:
     module, then rename (replacing an older one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+
+    def write(into: Path) -> None:
+        algo.save_to_path(str(into))
+        _write_policy(algo.get_module(), algorithm, policy_path(into))
+
+    _replace_dir(tmp, final, write)
+
+
+def _replace_dir(tmp: Path, final: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)``, then rename ``tmp`` over ``final`` (replacing an older one); on any
+    failure ``tmp`` is removed."""
     try:
-        algo.save_to_path(str(tmp))
-        _write_policy(algo.get_module(), algorithm, policy_path(tmp))
+        write(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -399,14 +409,7 @@ def export_checkpoint(checkpoint: Path) -> Path:
     algorithm = "DQN" if hasattr(module, "compute_q_values") else "PPO"
     final = policy_path(checkpoint)
     tmp = checkpoint / f".tmp-dtmem_policy-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_policy(module, algorithm, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _replace_dir(tmp, final, lambda into: _write_policy(module, algorithm, into))
     load_module(checkpoint)  # the export must load as collection will load it
     return final
 
