@@ -1,9 +1,11 @@
 """Experiments: one declarative file (``pipelines/experiments/*.yaml``) runs a whole study as
 a cached, resumable DAG of the existing stages, on Ray, with lineage in MLflow.
 
-    spec.py     the file's frozen model          dag.py     nodes, edges, order, errors
+    spec.py     the file's frozen model          dag.py     build_plan: edges, order, keys
+    plan.py     Node, Plan, ExperimentError      nodes.py   the nodes each file entry declares
     keys.py     node keys and the code version   cache.py   finished runs whose outputs verify
-    runner.py   runs the DAG                     status.py  node states, from MLflow alone
+    runner.py   schedules and runs the DAG       status.py  node states, from MLflow alone
+    stages.py   one node: bind its config, run its stage
     report.py   the comparison table (MLflow alone)
 
 The MLflow tags below are the interface between the runner and whatever reads its runs
