@@ -7,7 +7,6 @@ adapters trainable; a GPU asked for in this process exists; Ray has the CPUs/GPU
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from dtmem.config.model import ModelConfig
 from dtmem.config.train import ScalingConfig, TrainConfig, check_model_fits_data
 from dtmem.data.sampler import WindowSampler
 from dtmem.data.windows import StateStats
+from dtmem.fileio import DiskError, check_writable
 from dtmem.model.transformer import ModelSpec
 from dtmem.training.checkpoint import (
     CheckpointError,
@@ -53,13 +53,12 @@ class ModelDataMismatchError(ValueError):
 
 
 def check_run_dir(run_dir: Path, need_mb: float = MIN_FREE_MB) -> None:
-    """Create ``run_dir``; refuse one that is not writable or whose disk is nearly full."""
+    """Create ``run_dir``; refuse one that is not writable (a probe file, so a read-only
+    mount is caught even as root) or whose disk is nearly full."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"checkpoint.dir: cannot create {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise RunDirError(f"checkpoint.dir: {run_dir} is not writable")
+        check_writable(run_dir, min_free_bytes=0)
+    except DiskError as exc:
+        raise RunDirError(f"checkpoint.dir: {exc}") from None
     free_mb = shutil.disk_usage(run_dir).free / 2**20
     if free_mb < need_mb:
         raise RunDirError(
