@@ -14,13 +14,13 @@ one trial per value, that trial's evaluation episodes or validation batches.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtmem import metrics as M
+from dtmem.fileio import write_text_atomic
 from dtmem.sweep.base import RESULT_FILE, RESULTS_ARTIFACT, STEP, plain_values, read_json
 from dtmem.sweep.plan import SweepPlan
 from dtmem.sweep.tracking import end_trial_run, find_trial_run, mlflow_client
@@ -206,10 +206,7 @@ def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def report_results(
