@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dtmem.fileio import write_json_atomic
 from dtmem.tracking import RunHandle, TrackingError, log_logged_model
 from dtmem.training.checkpoint import (
     FINAL_ADAPTER,
@@ -140,9 +140,7 @@ def _register(plan: TrainPlan, run: RunHandle, model_uri: str) -> str:
 
 def _write_result(path: Path, result: TrainResult) -> None:
     payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-    tmp = path.with_name(f"{path.name}.part")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
 
 
 def read_finished(run_dir: Path, max_steps: int) -> TrainResult | None:

@@ -86,6 +86,8 @@ def _peak_rss_mb() -> float:
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
+    # Not dtmem.fileio.write_json_atomic: progress and pending metrics are rewritten often,
+    # and an fsync each time would cost the loop more than a lost line is worth.
     tmp = path.with_name(f"{path.name}.part")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)
