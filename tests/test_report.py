@@ -1,6 +1,7 @@
 """The experiment report, from fake node runs in a temporary MLflow store, at odd sizes:
 3 seeds x 5 held-out tasks, 2 pretraining tasks, rows with a missing seed, a missing task,
-a failed run and a node reused as cached from an earlier experiment run."""
+a failed run, a node reused as cached from an earlier experiment run, and a collect node
+(also cached) whose scripted experts' success rates sit beside the pretrained models'."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from dtmem.experiment import (
     TAG_STAGE,
     TAG_TASK,
 )
-from dtmem.experiment.report import ReportError, build_report
+from dtmem.experiment.report import EXPERTS_ARM, ReportError, build_report
 from dtmem.stats import iqm, stratified_bootstrap_ci
 
 SEEDS = ("0", "1", "2")
@@ -39,6 +40,7 @@ ROWS = (("dtmem", "lora"), ("dtmem", "full"), ("dt", "lora"))
 MISSING_SEED = ("dt", "lora", "hand-insert", "2")  # no finetuned evaluation for this seed
 MISSING_TASK = ("dtmem", "full", "door-lock")  # no finetuned evaluation at all (one failed)
 CACHED = ("dt", "lora", "bin-picking", "0")  # fine-tune + evaluation reused from a run before
+EXPERTS = (EXPERTS_ARM, "none")  # the scripted experts' reference row
 
 
 @dataclass
@@ -123,6 +125,22 @@ def _make_store(uri: str) -> Store:
     def record(key: tuple[str, str, str, str], seed: str, value: float, *runs: str) -> None:
         st.truth.setdefault(key, {})[seed] = (value, runs)
 
+    # The data, collected by an earlier experiment run on every task (held-out ones too) and
+    # reused: its experts' success rate counts on the pretraining tasks only.
+    rates = {t: round(float(rng.uniform(0.5, 1.0)), 3) for t in (*TRAIN_TASKS, *HELD_OUT)}
+    collect = node(
+        "collect/ml10",
+        {TAG_STAGE: "collect"},
+        old_parent,
+        metrics={
+            **{M.collect_metric(t, "success_rate"): v for t, v in rates.items()},
+            **{M.collect_metric(t, "episodes"): 7.0 for t in rates},
+            M.COLLECT_SUCCESS_RATE: 0.0,  # the driver's per-round figure: not a task
+        },
+    )
+    st.cached_runs.add(collect)
+    for t in TRAIN_TASKS:
+        record((*EXPERTS, "pretrained", t), "collect/ml10", rates[t], collect)
     for arm in ("dtmem", "dt"):
         for seed in SEEDS:
             common = {TAG_ARM: arm, TAG_SEED: seed}
@@ -277,6 +295,69 @@ def test_cached_nodes_count_and_are_listed(report, store):
     assert report.cell(arm, mode, "finetuned", task).seeds == SEEDS
     assert "## Nodes skipped as cached" in report.markdown
     assert "9" not in report.cell("dtmem", "lora", "finetuned", "box-close").seeds
+
+
+def test_scripted_experts_beside_the_pretrained_models(report, store):
+    train = {t: store.values(*EXPERTS, "pretrained", t)["collect/ml10"] for t in TRAIN_TASKS}
+    cell = report.cell(*EXPERTS, "pretrained")
+    assert cell.point == pytest.approx(np.mean(list(train.values())))  # the models' aggregate
+    assert (cell.low, cell.high) == (cell.point, cell.point)  # one collect run per task
+    assert (cell.seeds, cell.n_tasks) == (("collect/ml10",), 2)
+    for task in HELD_OUT:  # collected, but not a pretraining task
+        with pytest.raises(KeyError):
+            report.cell(*EXPERTS, "pretrained", task)
+    with pytest.raises(KeyError):
+        report.cell(*EXPERTS, "finetuned")
+    notes = "\n".join(report.notes)
+    assert f"{EXPERTS_ARM}: success rate of the scripted experts" in notes
+    assert "on 2 of the 2 pretraining tasks (7 episodes kept per task)" in notes
+    assert EXPERTS_ARM + "/none pretraining tasks on" not in notes  # not "1 of 3 seeds"
+    lines = report.markdown.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith(f"| {EXPERTS_ARM} | none |")]
+    assert len(rows) == 2  # the all-tasks table and the pretrained per-task one
+    assert lines[rows[0] - 1].startswith("| dtmem | none |")  # last, under the models
+    assert f"| {cell.point:.2f} n=1×2 |" in lines[rows[0]]
+    reach = report.cell(*EXPERTS, "pretrained", "reach")
+    assert f"| {reach.point:.2f} n=1 `{reach.run_ids[0][:8]}` |" in lines[rows[1]]
+    csv_rows = [r for r in report.csv_path.read_text().splitlines() if r.startswith(EXPERTS_ARM)]
+    assert len(csv_rows) == 3 and all(",pretrained," in r for r in csv_rows)
+
+
+def test_no_experts_row_without_a_collect_node(store, tmp_path):
+    mk = _Maker(store.uri, "given-datasets")
+    parent = mk.run({TAG_STAGE: STAGE, TAG_EXPERIMENT: "given"})
+    for seed in SEEDS[:2]:
+        mk.run(
+            {
+                TAG_EXPERIMENT_RUN: parent,
+                TAG_STAGE: "evaluate",
+                TAG_ARM: "dt",
+                TAG_SEED: seed,
+                TAG_FT_MODE: "none",
+                TAG_EVAL_KIND: "pretrained",
+            },
+            metrics={_success(t): 0.25 for t in TRAIN_TASKS},
+        )
+    mk.run({TAG_EXPERIMENT_RUN: parent, TAG_STAGE: "dataset", TAG_NODE: "dataset/ml10"})
+    rep = build_report(store.uri, parent, tmp_path / "out", num_resamples=50)
+    assert rep.cell("dt", "none", "pretrained").point == pytest.approx(0.25)
+    with pytest.raises(KeyError):
+        rep.cell(*EXPERTS, "pretrained")
+    assert not [c for c in rep.cells if c.arm == EXPERTS_ARM]
+    assert f"| {EXPERTS_ARM} |" not in rep.markdown
+    assert EXPERTS_ARM not in rep.csv_path.read_text()
+    # A collect node that made the data of one pretraining task only: a dash on the other.
+    mk.run(
+        {TAG_EXPERIMENT_RUN: parent, TAG_STAGE: "collect", TAG_NODE: "collect/reach"},
+        metrics={M.collect_metric("reach", "success_rate"): 0.875},
+    )
+    rep = build_report(store.uri, parent, tmp_path / "out", num_resamples=50)
+    assert rep.cell(*EXPERTS, "pretrained").point == pytest.approx(0.875)
+    assert rep.cell(*EXPERTS, "pretrained").n_tasks == 1
+    assert rep.cell(*EXPERTS, "pretrained", "push").point is None
+    notes = "\n".join(rep.notes)
+    assert f"{EXPERTS_ARM}/none pretraining tasks on push: no collect run (a dash" in notes
+    assert "on 1 of the 2 pretraining tasks (? episodes kept per task)" in notes
 
 
 def test_files_written_and_logged_on_the_parent(report, store):

@@ -15,6 +15,9 @@ The measures, each keyed by (arm, fine-tune mode, task, seed):
 - ``forgetting``: a ``forgetting`` run evaluates the model fine-tuned on task H (its
   ``dtmem.task``) back on the pretraining tasks j; its value for task H and seed s is
   mean_j [score_j(fine-tuned) - score_j(pretrained, same arm and seed)] (negative: forgot).
+- the row ``EXPERTS_ARM`` of ``pretrained``: the scripted experts' success rate on the
+  pretraining tasks, ``collect/<task>/success_rate`` of each ``collect`` node run (the data
+  the models learnt from); absent where no node collected data (datasets given by id).
 - ``trainable_params`` and ``finetune_wall_s``: from ``finetune`` runs; the wall time is the
   run's end minus start time in MLflow (the stages log no wall-time metric).
 
@@ -43,6 +46,7 @@ from dtmem import metrics as M
 from dtmem.experiment import TAG_EXPERIMENT
 from dtmem.experiment.report_cells import (
     AGGREGATE,
+    EXPERTS_ARM,
     MEASURES,
     SCORE_MEASURES,
     TRAINABLE_PARAM,
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AGGREGATE",
     "CACHED_TAG",
+    "EXPERTS_ARM",
     "MEASURES",
     "SCORE_MEASURES",
     "TRAINABLE_PARAM",

@@ -2,8 +2,8 @@
 with its bootstrap interval, seeds and runs), and how node runs become cells: the score each
 evaluation logged (success rate, or the human-normalised score for Atari), samples keyed by
 (arm, fine-tune mode, measure) -> task -> seed, forgetting against the pretrained evaluation
-of the same arm and seed, and per-task and aggregated cells with a stratified bootstrap
-interval over seeds within tasks, noting every gap.
+of the same arm and seed, the scripted experts' reference row, and per-task and aggregated
+cells with a stratified bootstrap interval over seeds within tasks, noting every gap.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 TRAINABLE_PARAM = "model.params_trainable"  # dtmem.training.finish.log_model_size
 AGGREGATE = "all tasks"
+# The reference row beside the pretrained models (issue 13's sanity gate): the success rate
+# of the scripted (noisy) experts whose episodes are the training data, as each ``collect``
+# node run logged it (``collect/<task>/success_rate``, dtmem.collect.datasets.report).
+EXPERTS_ARM = "data (scripted experts)"
+EXPERTS_ROW = (EXPERTS_ARM, "none")
 
 # measure -> its column title; the order of the table's columns.
 MEASURES: dict[str, str] = {
@@ -95,6 +100,46 @@ def _score_name(nodes: Iterable[_Node]) -> tuple[str, Statistic]:
     return "success_rate", "mean"
 
 
+def _collected(node: _Node, name: str) -> dict[str, float]:
+    """task -> this collect run's ``collect/<task>/<name>``."""
+    out = {}
+    for key, value in node.metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "collect" and parts[2] == name:
+            out[parts[1]] = float(value)
+    return out
+
+
+def _row_order(row: tuple[str, str]) -> tuple[bool, tuple[str, str]]:
+    """Rows sorted by name, the experts' reference row last."""
+    return (row == EXPERTS_ROW, row)
+
+
+def _experts(
+    nodes: Sequence[_Node], tasks: set[str], score_name: str, samples: _Samples, notes: list[str]
+) -> None:
+    """Add the experts' row to the ``pretrained`` measure: each collect run's success rate on
+    the pretraining ``tasks``, one sample per (task, collect node). No collect node (datasets
+    given by id), no success rate (Atari) or no pretrained evaluation: no row."""
+    if score_name != "success_rate":
+        return
+    for n in nodes:
+        if n.stage != "collect":
+            continue
+        rates = {t: v for t, v in _collected(n, "success_rate").items() if t in tasks}
+        for task, value in sorted(rates.items()):
+            samples[(*EXPERTS_ROW, "pretrained")][task][n.node] = _Sample(value, (n.run_id,))
+        if rates:
+            kept = sorted({int(v) for t, v in _collected(n, "episodes").items() if t in rates})
+            size = "–".join(str(k) for k in sorted({kept[0], kept[-1]})) if kept else "?"
+            notes.append(
+                f"{EXPERTS_ARM}: success rate of the scripted experts (with their action "
+                f"noise) in the episodes {n.node} (run {n.run_id}) ran to collect the data, on "
+                f"{len(rates)} of the {len(tasks)} pretraining tasks ({size} episodes kept "
+                "per task); n counts collect runs, and one gives no interval"
+            )
+
+
 def _collect(nodes: Sequence[_Node], score_name: str, notes: list[str]) -> _Samples:
     samples: _Samples = defaultdict(lambda: defaultdict(dict))
 
@@ -153,6 +198,8 @@ def _collect(nodes: Sequence[_Node], score_name: str, notes: list[str]) -> _Samp
             if n.end_ms is not None:
                 wall = (n.end_ms - n.start_ms) / 1000.0
                 put(n.arm, n.ft_mode, "finetune_wall_s", n.task, n.seed, _Sample(wall, (n.run_id,)))
+    on_train = {t for (_, _, m), by_task in samples.items() if m == "pretrained" for t in by_task}
+    _experts(nodes, on_train, score_name, samples, notes)
     return samples
 
 
@@ -207,12 +254,13 @@ def _cells(
 ) -> list[Cell]:
     """Per task and aggregated cells for every (row, measure) with data; missing ones noted."""
     cells = []
-    rows = sorted({(arm, mode) for arm, mode, _ in samples})
+    rows = sorted({(arm, mode) for arm, mode, _ in samples}, key=_row_order)
     for measure in MEASURES:
         stat: Statistic = statistic if measure in SCORE_MEASURES else "mean"
         keys = [(arm, mode, measure) for arm, mode in rows if (arm, mode, measure) in samples]
         tasks = sorted({t for k in keys for t in samples[k]})
-        most_seeds = max((len(s) for k in keys for s in samples[k].values()), default=0)
+        models = [k for k in keys if k[:2] != EXPERTS_ROW]  # the experts' n counts collect runs
+        most_seeds = max((len(s) for k in models for s in samples[k].values()), default=0)
         for key in keys:
             by_task = samples[key]
             label = f"{key[0]}/{key[1]} {MEASURES[measure]}"
@@ -220,8 +268,9 @@ def _cells(
                 one = {task: by_task[task]} if task in by_task else {}
                 cells.append(_cell(key, task, one, stat, boot))
                 if task not in by_task:
-                    notes.append(f"{label} on {task}: no finished run (a dash in the table)")
-                elif len(by_task[task]) < most_seeds:
+                    why = "no finished run" if key in models else "no collect run"
+                    notes.append(f"{label} on {task}: {why} (a dash in the table)")
+                elif key in models and len(by_task[task]) < most_seeds:
                     notes.append(
                         f"{label} on {task}: rests on {len(by_task[task])} of {most_seeds} seeds"
                     )
@@ -231,7 +280,7 @@ def _cells(
                     f"{len(tasks)} tasks that have runs"
                 )
             cells.append(_cell(key, AGGREGATE, by_task, stat, boot))
-    if any(c.n_seeds == 1 and c.measure in SCORE_MEASURES for c in cells):
+    if any(c.n_seeds == 1 and c.measure in SCORE_MEASURES and c.arm != EXPERTS_ARM for c in cells):
         notes.append(
             "a cell with n=1 rests on one seed: there is nothing to resample, so its interval "
             "is the point itself, not a measure of uncertainty"

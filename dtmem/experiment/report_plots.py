@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dtmem import metrics as M
-from dtmem.experiment.report import AGGREGATE, MEASURES, SCORE_MEASURES, Cell
+from dtmem.experiment.report import AGGREGATE, EXPERTS_ARM, MEASURES, SCORE_MEASURES, Cell
+from dtmem.experiment.report_cells import _row_order
 
 __all__ = ["plot_report"]
 
@@ -35,7 +36,8 @@ def plot_report(
                 np.array([getattr(c, a) for c in cs]) for a in ("point", "low", "high")
             )
             err = np.stack([points - low, high - points])  # (2, rows)
-            ax.bar(range(len(cs)), points, yerr=err, capsize=4, color="tab:blue")
+            colors = ["tab:gray" if c.arm == EXPERTS_ARM else "tab:blue" for c in cs]  # reference
+            ax.bar(range(len(cs)), points, yerr=err, capsize=4, color=colors)
             ax.set_xticks(range(len(cs)), [f"{c.arm}\n{c.ft_mode}" for c in cs], fontsize=8)
             ax.set_title(MEASURES[m])
             ax.axhline(0.0, color="black", linewidth=0.5)
@@ -43,7 +45,7 @@ def plot_report(
         paths.append(_save(fig, out / "bars.png"))
     for m in measures:
         per_task = [c for c in cells if c.measure == m and c.task != AGGREGATE]
-        rows = sorted({(c.arm, c.ft_mode) for c in per_task})
+        rows = sorted({(c.arm, c.ft_mode) for c in per_task}, key=_row_order)
         tasks = sorted({c.task for c in per_task})
         grid = np.full((len(rows), len(tasks)), np.nan)
         for c in per_task:

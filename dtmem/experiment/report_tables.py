@@ -12,7 +12,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dtmem.experiment.report_cells import AGGREGATE, MEASURES, Cell, _Bootstrap
+from dtmem.experiment.report_cells import (
+    AGGREGATE,
+    EXPERTS_ARM,
+    MEASURES,
+    Cell,
+    _Bootstrap,
+    _row_order,
+)
 from dtmem.stats import Statistic
 
 
@@ -32,6 +39,8 @@ def _cell_text(c: Cell | None, with_runs: bool) -> str:
     if c.point is None:
         return "–"
     text = f"{_fmt(c.point, c.measure)} [{_fmt(c.low, c.measure)}, {_fmt(c.high, c.measure)}]"
+    if c.arm == EXPERTS_ARM and c.n_seeds == 1:  # one collect run: nothing to resample
+        text = _fmt(c.point, c.measure)
     text += f" n={c.n_seeds}"
     if c.task == AGGREGATE:
         text += f"×{c.n_tasks}"
@@ -54,7 +63,7 @@ def _markdown(
     memory: Sequence[tuple[str, str]] = (),
 ) -> str:
     index = {(c.arm, c.ft_mode, c.measure, c.task): c for c in cells}
-    rows = sorted({(c.arm, c.ft_mode) for c in cells})
+    rows = sorted({(c.arm, c.ft_mode) for c in cells}, key=_row_order)
     measures = [m for m in MEASURES if any(c.measure == m for c in cells)]
     stat_word = "IQM" if statistic == "iqm" else "mean"
     lines = [
@@ -67,6 +76,8 @@ def _markdown(
         f"task, {boot.num_resamples} resamples, seed {boot.seed}] n=seeds(×tasks), then "
         "its runs. Forgetting: fine-tuned minus "
         "pretrained score on the pretraining tasks, per seed (negative: forgot). "
+        f"`{EXPERTS_ARM}`: the scripted experts' success rate in the episodes the "
+        "experiment collected, beside the pretrained models'. "
         "`–`: expected but no finished run; `·`: not measured for this row.",
         "",
         "## All tasks",
