@@ -65,16 +65,19 @@ def cached_states(plan: Plan) -> dict[str, str]:
 
 
 def estimate_line(plan: Plan, states: dict[str, str]) -> str:
-    """The plan's estimated wall time on this machine (``dtmem.experiment.estimate``)."""
-    from dtmem.experiment.estimate import estimate_seconds
+    """The plan's estimated wall time on this machine (``dtmem.experiment.estimate``): the
+    runner's schedule on this machine's CPUs, and the node time it packs."""
+    from dtmem.experiment.estimate import estimate
 
-    cached = [n for n, s in states.items() if s == "cached"]
-    total, unknown = estimate_seconds(plan, cached)
-    text = f"estimated wall time here: {total / 60:.0f} min for {len(plan.nodes) - len(cached)}"
-    text += f" nodes to run ({len(cached)} cached)"
-    if unknown:
-        more = ", ..." if len(unknown) > 3 else ""
-        text += f"; {len(unknown)} not estimated (no rate): {', '.join(unknown[:3])}{more}"
+    e = estimate(plan, [n for n, s in states.items() if s == "cached"])
+    text = (
+        f"estimated wall time here: {e.wall_s / 60:.0f} min on {e.cpus:g} CPUs"
+        f" ({e.node_s / 60:.0f} min of node time) for {e.to_run} nodes to run"
+        f" ({len(plan.nodes) - e.to_run} cached)"
+    )
+    if e.unknown:
+        more = ", ..." if len(e.unknown) > 3 else ""
+        text += f"; {len(e.unknown)} not estimated (no rate): {', '.join(e.unknown[:3])}{more}"
     return text
 
 
