@@ -58,9 +58,12 @@ def test_plan_prints_an_estimate_within_the_75_minute_budget(tmp_path, monkeypat
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     plan = build_plan(FILE)
+    # the budget holds on the 2-core machine it is sized for, with room for what the estimate
+    # leaves out (the real run's wall time is in the README's Results)
+    two = estimate(plan, cpus=2)
+    assert not two.unknown and two.wall_s <= 60 * 60 < two.node_s, two
+    assert two.node_s / 2 <= two.wall_s, two
     e = estimate(plan)  # this machine's CPUs, as plan_main
-    # the budget holds even one node at a time (nodes side by side slow each other too)
-    assert not e.unknown and 60 * 60 <= e.node_s <= 75 * 60 and e.wall_s <= e.node_s, e
     assert plan_main(FILE, []) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert (
@@ -68,7 +71,7 @@ def test_plan_prints_an_estimate_within_the_75_minute_budget(tmp_path, monkeypat
         f" ({e.node_s / 60:.0f} min of node time) for {len(plan.nodes)} nodes" in out
     )
     # the estimate grows with the budgets it reads
-    more = build_plan(FILE, ["arms.dtmem.pretrain.overrides=[optim.max_steps=1200]"])
+    more = build_plan(FILE, ["arms.dtmem.pretrain.overrides=[optim.max_steps=3000]"])
     pre = plan.nodes["pretrain/dtmem/s0"]
     longer, shorter = node_seconds(more, more.nodes["pretrain/dtmem/s0"]), node_seconds(plan, pre)
     assert longer is not None and shorter is not None and longer > shorter
