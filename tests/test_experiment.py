@@ -96,7 +96,7 @@ def test_quickstart_plan_lists_nodes_edges_and_keys_without_running(store, capsy
 def test_paper_plans_print_what_each_node_asks_for(capsys, name, nodes, pretrain_asks) -> None:
     from rich.console import Console
 
-    from pipelines.experiment import print_plan
+    from pipelines.experiment import estimate_line, print_plan
 
     plan = build_plan(EXPERIMENTS / f"{name}.yaml")
     assert len(plan.nodes) == nodes
@@ -107,6 +107,10 @@ def test_paper_plans_print_what_each_node_asks_for(capsys, name, nodes, pretrain
     out = capsys.readouterr().out
     asks = ", ".join(f"{v:g} {k}" for k, v in sorted(pretrain_asks.items()))
     assert asks in out and f"{nodes} nodes" in out
+    # the estimate line under the plan: a collect node with the env's own step limit (null)
+    # is costed at that limit, not a crash
+    line = estimate_line(plan, {})
+    assert line.startswith("estimated wall time here:") and f"for {nodes} nodes" in line
 
 
 # --------------------------------------------------------------------------- bad input

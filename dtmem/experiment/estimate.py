@@ -54,6 +54,7 @@ COLLECT_ENV_STEPS_PER_S = 980.0  # noisy scripted expert, 2 actors x 4 envs
 TRAIN_TOKENS_PER_S = {"memory": 2020.0, "plain": 3000.0}  # in-process training, one worker
 EVAL_ENV_STEPS_PER_S = 240.0  # one worker, 10 envs, DT-Mem policy
 NODE_STARTUP_S = 6.3
+METAWORLD_EPISODE_STEPS = 500  # MT1's truncation, where a config leaves max_steps null
 
 
 def _train_s(cfg: Any, memory: bool) -> float:
@@ -68,7 +69,8 @@ def node_seconds(plan: Plan, node: Node) -> float | None:
     if node.stage == "collect":
         if cfg.suite != "metaworld":
             return None
-        steps = len(cfg.tasks) * cfg.episodes_per_task * cfg.max_steps
+        limit = cfg.max_steps or METAWORLD_EPISODE_STEPS  # null: the env's own limit
+        steps = len(cfg.tasks) * cfg.episodes_per_task * limit
         return NODE_STARTUP_S + steps / COLLECT_ENV_STEPS_PER_S
     if node.stage == "pretrain":
         return NODE_STARTUP_S + _train_s(cfg, cfg.model.memory is not None)
