@@ -33,7 +33,13 @@ from dtmem.sweep.space import (
     short_names,
     trial_label,
 )
-from dtmem.sweep.tracking import TRIAL_TAG, trial_config_yaml, trial_params, trial_tags
+from dtmem.sweep.tracking import (
+    PARENT_TAG,
+    TRIAL_TAG,
+    trial_config_yaml,
+    trial_params,
+    trial_tags,
+)
 from dtmem.sweep.trial import trial_config
 from tuning.sweep import run_sweep
 
@@ -190,6 +196,19 @@ def test_no_credential_reaches_a_trial_run(env, monkeypatch) -> None:
     logged.append(trial_config_yaml(trial_cfg))
     for text in logged:
         assert "s3cr3t" not in text and "alice" not in text and "k3y" not in text, text
+
+
+def test_a_trial_run_is_a_child_of_its_sweep_run_inside_an_experiment(env) -> None:
+    """An experiment node's tracking tags name the experiment run as parent: the trial's
+    own tags still name the sweep's run, where the driver looks to close an early-stopped
+    trial (else it stayed RUNNING)."""
+    from dataclasses import replace
+
+    plan = plan_sweep(smoke(env, "parented"), check_data=False)
+    tracking = plan.spec.tracking.model_copy(update={"tags": {PARENT_TAG: "e" * 32}})
+    spec = replace(plan.spec, parent_run_id="s" * 32, tracking=tracking)
+    tags = trial_tags(spec, "abc_00000", {"model.memory.slots": 16, "seed": 0})
+    assert tags[PARENT_TAG] == "s" * 32 and tags[TRIAL_TAG] == "abc_00000"
 
 
 @pytest.mark.parametrize(

@@ -75,12 +75,14 @@ def trial_tags(spec: TrialSpec, trial_id: str, values: Mapping[str, Any]) -> dic
     assert spec.parent_run_id is not None, "trials run under the sweep's run"
     tags = {
         STAGE_TAG: spec.stage,
-        PARENT_TAG: spec.parent_run_id,
         TRIAL_TAG: trial_id,
         SWEEP_TAG: spec.name,
         **version_tags(),
         **spec.tracking.tags,
         **{f"sweep.{k}": str(v) for k, v in values.items()},
+        # last: an experiment node's tags name the experiment run as parent, but a trial's
+        # parent is its sweep's run (where find_trial_run looks to close it)
+        PARENT_TAG: spec.parent_run_id,
     }
     commit = git_commit()
     if commit:
@@ -121,7 +123,8 @@ def trial_run(
     assert spec.tracking.uri is not None and spec.parent_run_id is not None
     client = mlflow_client(spec.tracking.uri)
     run_id = find_trial_run(spec.tracking, spec.parent_run_id, trial_id)
-    all_tags = {**trial_tags(spec, trial_id, values), **{k: redact_uri(v) for k, v in tags.items()}}
+    stage_tags = {k: redact_uri(v) for k, v in tags.items() if k != PARENT_TAG}
+    all_tags = {**stage_tags, **trial_tags(spec, trial_id, values)}
     if run_id is None:
         exp = client.get_experiment_by_name(spec.tracking.experiment)
         run = client.create_run(exp.experiment_id, tags=all_tags, run_name=spec.label(values))
