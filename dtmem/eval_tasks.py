@@ -7,10 +7,12 @@ work units they are cut into. No Ray; torch only inside ``check_requests``.
   ``check_requests`` checks the model against every env and target; both run before any
   worker starts.
 - ``WorkUnit``: a chunk of consecutive episodes of one task, at most ``envs_per_actor`` of
-  them, run together in one vector env. Episode ``e`` of task ``T`` resets its env with
-  ``episode_seed(seed, T, e)`` and a chunk's policy samples from a generator seeded by
-  ``(seed, T, first episode)``, so a chunk gives the same episodes on any worker, after any
-  retry, with any number of workers (for a given ``envs_per_actor``, which sets the chunks).
+  them, run together in one vector env; ``mix_units`` packs small Meta-World chunks of
+  several tasks side by side into one ``MixedUnit``. Episode ``e`` of task ``T`` resets its
+  env with ``episode_seed(seed, T, e)`` and a chunk's policy samples from a generator seeded
+  by ``(seed, T, first episode)``, so a chunk gives the same episodes on any worker, after
+  any retry, with any number of workers (for a given ``envs_per_actor``, which sets the
+  chunks and, through ``mix_units``, which tasks share a batch).
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DuplicateTaskError",
     "EvaluationError",
+    "MixedUnit",
     "TaskRequest",
+    "Unit",
     "WorkUnit",
     "check_requests",
     "episode_seed",
     "make_units",
+    "mix_units",
     "requests_from_config",
     "resolve_metaworld_tasks",
 ]
@@ -162,6 +167,41 @@ class WorkUnit:
         """Units of one task run cheapest on the worker that holds its envs."""
         return self.request.task
 
+    @property
+    def parts(self) -> tuple[WorkUnit, ...]:
+        """The chunks this unit runs side by side: itself (see ``MixedUnit``)."""
+        return (self,)
+
+
+@dataclass(frozen=True)
+class MixedUnit:
+    """Chunks of several Meta-World tasks run side by side in one vector env: slots in the
+    order of ``parts``, each part's episodes on its own slots with its own seeds, goals and
+    target, so every episode is the one its chunk gives alone: the same seed, goal and
+    length, and actions equal up to rounding (the model's kernels at another batch size
+    round differently, ~1e-8 in an action, as between two ``envs_per_actor`` values).
+    Meta-World's policy draws nothing from the unit's generator (continuous actions, a fixed
+    target), so sharing ``parts[0]``'s changes nothing. Made by ``mix_units``."""
+
+    parts: tuple[WorkUnit, ...]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """("reach-v3+push-v3", first episode of the first part): unique, as only a task's
+        last chunk can be smaller than ``chunk``, so a task is in one mixed unit at most."""
+        return ("+".join(self.affinity), self.parts[0].first)
+
+    @property
+    def affinity(self) -> tuple[str, ...]:
+        return tuple(p.request.task for p in self.parts)
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.parts)
+
+
+Unit = WorkUnit | MixedUnit
+
 
 def make_units(requests: Sequence[TaskRequest], *, seed: int, chunk: int) -> list[WorkUnit]:
     """Every task's episodes in consecutive chunks of at most ``chunk``, tasks in order."""
@@ -181,3 +221,29 @@ def make_units(requests: Sequence[TaskRequest], *, seed: int, chunk: int) -> lis
                 )
             )
     return units
+
+
+def mix_units(units: Sequence[WorkUnit], *, chunk: int) -> list[Unit]:
+    """``units`` with the Meta-World chunks smaller than ``chunk`` packed side by side, in
+    order, into mixed units of at most ``chunk`` envs (one per step cap), so that e.g. 10
+    tasks x 1 episode run as 2 batches of 5 instead of 10 batches of 1. Atari chunks and
+    full chunks stay as they are."""
+    out: list[Unit] = []
+    open_bins: dict[int, list[WorkUnit]] = {}  # max_steps -> the parts of the bin filling up
+
+    def close(parts: list[WorkUnit]) -> None:
+        out.append(parts[0] if len(parts) == 1 else MixedUnit(tuple(parts)))
+
+    for u in units:
+        if u.request.suite != "metaworld" or u.count >= chunk:
+            out.append(u)
+            continue
+        parts = open_bins.setdefault(u.request.max_steps, [])
+        if sum(p.count for p in parts) + u.count > chunk:
+            close(parts)
+            parts = open_bins[u.request.max_steps] = []
+        parts.append(u)
+    for parts in open_bins.values():
+        if parts:
+            close(parts)
+    return out

@@ -1,7 +1,7 @@
 """The evaluation worker: builds the model once from a ``ModelPayload`` and runs work units
-with the plain loop, ``rollout(DTPolicy(...), env, target)`` (the policy acts for all the
-unit's envs in one batched model call per step). No Ray: ``dtmem.actor_pool`` runs it as a
-Ray actor or in this process.
+with the one episode loop, ``run_episodes(DTPolicy(...), env, episodes)`` (the policy acts
+for all the unit's envs in one batched model call per step; a ``MixedUnit``'s envs are of
+several tasks). No Ray: ``dtmem.actor_pool`` runs it as a Ray actor or in this process.
 
 What is evaluated is a ``Payload``: ``ModelPayload`` (a checkpoint's model) or
 ``BaselinePayload`` (the nearest-neighbour baseline, ``dtmem.baselines``), each checking
@@ -22,9 +22,9 @@ import torch
 from dtmem.data.windows import StateStats
 from dtmem.dt_policy import DTPolicy, IncompatibleModelError
 from dtmem.envs import EnvCache, EnvSpec, VectorEnv, VectorStep, env_spec
-from dtmem.eval_tasks import TaskRequest, WorkUnit, check_requests
+from dtmem.eval_tasks import TaskRequest, Unit, check_requests
 from dtmem.model import DecisionTransformer, ModelSpec
-from dtmem.rollout import EpisodeStats, Policy, rollout
+from dtmem.rollout import EpisodeStart, EpisodeStats, Policy, run_episodes
 
 if TYPE_CHECKING:
     from dtmem.baselines import Demonstrations
@@ -166,23 +166,26 @@ class EvalWorker:
         self.crash_marker = crash_marker
         self.envs = EnvCache(keep=2)
 
-    def run(self, unit: WorkUnit) -> UnitResult:
-        """Run one chunk to the end; episode indices are the task's, not the chunk's."""
+    def run(self, unit: Unit) -> UnitResult:
+        """Run one unit to the end: its parts' episodes side by side, one env slot each.
+        Episode indices are the task's, not the unit's; episodes come in the parts' order."""
         start = time.perf_counter()
-        r = unit.request
-        env = self.envs.get(r.suite, r.task, unit.count, seed=unit.goal_seed)
+        parts = unit.parts
+        first = parts[0]
+        tasks = tuple(p.request.task for p in parts for _ in range(p.count))  # one per slot
+        slot_tasks = tasks[0] if len(parts) == 1 else tasks
+        env = self.envs.get(first.request.suite, slot_tasks, len(tasks), seed=first.goal_seed)
         if self.crash_marker is not None and _claim(self.crash_marker):
             env = _CrashingEnv(env, after=3)
-        policy = self.make_policy(env, unit.policy_seed)
-        stats = rollout(
-            policy,
-            env,
-            r.target,
-            num_episodes=unit.count,
-            seed=unit.env_seed,
-            max_steps=r.max_steps,
-        )
-        episodes = tuple(replace(s, episode=unit.first + s.episode) for s in stats)
+        policy = self.make_policy(env, first.policy_seed)
+        # Episode first + j of a part resets with env_seed + j (``rollout``'s seeding); the
+        # parts share one step cap (``mix_units``); targets were checked by check_requests.
+        starts = [
+            EpisodeStart(p.env_seed + j, p.request.target) for p in parts for j in range(p.count)
+        ]
+        stats = run_episodes(policy, env, starts, max_steps=first.request.max_steps)
+        offsets = [p.first + j for p in parts for j in range(p.count)]
+        episodes = tuple(replace(s, episode=e) for s, e in zip(stats, offsets, strict=True))
         return UnitResult(unit.key, episodes, time.perf_counter() - start, os.getpid())
 
     def close(self) -> None:

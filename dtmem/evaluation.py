@@ -5,9 +5,11 @@ The pieces, top to bottom (each in its own module, re-exported here):
 - ``dtmem.eval_tasks``: ``TaskRequest`` (a game or task and its conditioning), checked
   against the model before any worker starts; ``WorkUnit``, a chunk of at most
   ``envs_per_actor`` consecutive episodes of one task, seeded so that it gives the same
-  episodes on any worker, after any retry, with any number of workers.
+  episodes on any worker, after any retry, with any number of workers. ``mix_units`` packs
+  small Meta-World chunks of several tasks side by side into one ``MixedUnit`` (10 tasks x 1
+  episode: 2 batched forwards of 5 per step instead of 10 of 1); same seeds and goals.
 - ``dtmem.eval_worker``: ``EvalWorker`` builds the model once and runs a unit with the one
-  episode loop, ``rollout(DTPolicy(...), env, target)``; it keeps its last tasks' envs.
+  episode loop, ``run_episodes(DTPolicy(...), env, episodes)``; it keeps its last envs.
 - ``dtmem.actor_pool``: the pool shared with collection. ``open_pool`` picks Ray actors when
   they run in parallel, or one worker in this process when an actor would buy nothing (a
   pool of one on this machine); a dead actor is replaced and its unit re-run.
@@ -41,11 +43,14 @@ from dtmem.eval_report import (
 from dtmem.eval_tasks import (
     DuplicateTaskError,
     EvaluationError,
+    MixedUnit,
     TaskRequest,
+    Unit,
     WorkUnit,
     check_requests,
     episode_seed,
     make_units,
+    mix_units,
     requests_from_config,
     resolve_metaworld_tasks,
 )
@@ -66,10 +71,12 @@ __all__ = [
     "EvalResult",
     "EvalWorker",
     "EvaluationError",
+    "MixedUnit",
     "ModelPayload",
     "Payload",
     "TaskRequest",
     "TaskResult",
+    "Unit",
     "UnitResult",
     "WorkUnit",
     "aggregate",
@@ -79,7 +86,9 @@ __all__ = [
     "evaluate",
     "make_units",
     "metrics_of",
+    "mix_units",
     "open_pool",
+    "plan_units",
     "plot_scores",
     "requests_from_config",
     "resolve_metaworld_tasks",
@@ -111,15 +120,17 @@ class EvalPool:
     ) -> EvalResult:
         """Every request's episodes, aggregated; ``wall_s`` counts this call only."""
         self.payload.check(requests)
-        units = make_units(requests, seed=seed, chunk=self.chunk)
+        units = plan_units(requests, seed=seed, chunk=self.chunk)
         by_task: dict[str, list[EpisodeStats]] = {r.task: [] for r in requests}
         seen: set[tuple[str, int]] = set()
 
-        def done(unit: WorkUnit, result: UnitResult) -> None:
+        def done(unit: Unit, result: UnitResult) -> None:
             if result.key in seen:  # cannot happen: a unit is in flight at most once
                 raise EvaluationError(f"unit {result.key} finished twice")
             seen.add(result.key)
-            by_task[unit.request.task].extend(result.episodes)
+            episodes = iter(result.episodes)  # in the order of the unit's parts
+            for part in unit.parts:
+                by_task[part.request.task].extend(next(episodes) for _ in range(part.count))
             if on_result is not None:
                 on_result(result)
 
@@ -140,13 +151,19 @@ class EvalPool:
         )
 
 
-def _scheduler(units: Sequence[WorkUnit]) -> Callable[[Hashable | None], WorkUnit | None]:
+def plan_units(requests: Sequence[TaskRequest], *, seed: int, chunk: int) -> list[Unit]:
+    """The units an evaluation runs: each task's chunks (``make_units``), small Meta-World
+    chunks of several tasks side by side (``mix_units``)."""
+    return mix_units(make_units(requests, seed=seed, chunk=chunk), chunk=chunk)
+
+
+def _scheduler(units: Sequence[Unit]) -> Callable[[Hashable | None], Unit | None]:
     """``take(held)``: the next unit of the task ``held``, else the first unit of a task not
     started yet, else the first queued unit; None when all are taken."""
     queue = list(units)
-    started: set[str] = set()
+    started: set[Hashable] = set()
 
-    def take(held: Hashable | None) -> WorkUnit | None:
+    def take(held: Hashable | None) -> Unit | None:
         if not queue:
             return None
         pick = next((u for u in queue if u.affinity == held), None)
@@ -234,7 +251,7 @@ def evaluate(
     """Evaluate the model (or baseline) of ``payload`` on ``requests`` with a pool opened for
     this call (``open_pool``); ``wall_s`` counts from the pool's start to the last result."""
     payload.check(requests)
-    units = len(make_units(requests, seed=seed, chunk=envs_per_actor))
+    units = len(plan_units(requests, seed=seed, chunk=envs_per_actor))
     start = time.perf_counter()
     with open_pool(
         payload,

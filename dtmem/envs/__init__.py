@@ -26,6 +26,7 @@ __all__ = [
     "env_id",
     "env_spec",
     "make_env",
+    "make_mixed_env",
     "step_randomly",
 ]
 
@@ -132,18 +133,33 @@ def make_env(suite: Suite, task: str, num_envs: int, *, seed: int = 0) -> Vector
     return make_metaworld_env(task, num_envs, seed=seed)
 
 
+def make_mixed_env(suite: Suite, tasks: tuple[str, ...], *, seed: int = 0) -> VectorEnv:
+    """One env per slot, slot i running ``tasks[i]``: Meta-World only (its tasks share one
+    observation and action space; Atari games differ in their action sets)."""
+    if suite != "metaworld":
+        raise ValueError(f"envs of several tasks side by side are Meta-World only, not {suite}")
+    from dtmem.envs.metaworld import MetaWorldVector
+
+    return MetaWorldVector(tasks, seed=seed)
+
+
 class EnvCache:
     """The vector envs of the last ``keep`` tasks a worker ran, so that a worker moving along
     a task list builds each task's envs once (Meta-World's take ~0.1 s per copy). Fewer envs
     than held are served by the first ones where the env allows it (Meta-World's ``head``);
-    otherwise, or for more, the task's envs are built again."""
+    otherwise, or for more, the task's envs are built again. ``task`` may be a tuple, one
+    task per slot (``make_mixed_env``), kept under that exact tuple."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self.builds = 0  # envs built so far (tests check that warm workers reuse theirs)
-        self._envs: dict[tuple[str, str, int], VectorEnv] = {}  # oldest first
+        self._envs: dict[tuple[str, str | tuple[str, ...], int], VectorEnv] = {}  # oldest first
 
-    def get(self, suite: Suite, task: str, num_envs: int, *, seed: int = 0) -> VectorEnv:
+    def get(
+        self, suite: Suite, task: str | tuple[str, ...], num_envs: int, *, seed: int = 0
+    ) -> VectorEnv:
+        if isinstance(task, tuple) and len(task) != num_envs:
+            raise ValueError(f"{len(task)} slot tasks for {num_envs} envs")
         key = (suite, task, seed)
         env = self._envs.pop(key, None)
         if env is not None and env.num_envs != num_envs:
@@ -154,7 +170,10 @@ class EnvCache:
             env.close()
             env = None
         if env is None:
-            env = make_env(suite, task, num_envs, seed=seed)
+            if isinstance(task, tuple):
+                env = make_mixed_env(suite, task, seed=seed)
+            else:
+                env = make_env(suite, task, num_envs, seed=seed)
             self.builds += 1
         self._envs[key] = env  # now the newest
         while len(self._envs) > self.keep:

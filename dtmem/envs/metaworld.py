@@ -9,7 +9,7 @@ tests. Nothing here ever renders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,17 +120,24 @@ def _seeded_reset(env: gym.Env[Any, Any], seed: int | None) -> np.ndarray:
 
 
 class MetaWorldVector:
-    """``num_envs`` copies of one Meta-World task, stepped in turn, as a ``VectorEnv``.
+    """Meta-World envs stepped in turn, as a ``VectorEnv``: slot i runs task ``tasks[i]``
+    (copies of one task share its 50 goals, drawn from ``seed``). Several tasks side by side
+    let one batched policy call act for all of them (they share the observation and action
+    spaces); each slot's episodes depend only on its task, ``seed`` and its reset seed.
 
     Observations are float32 (39,), actions float32 (4,) in [-1, 1], episodes 500 steps.
     """
 
-    def __init__(self, task: str, num_envs: int, *, seed: int = 0) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self._envs = _make_copies(check_task(task), num_envs, seed)
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
+        if len(tasks) < 1:
+            raise ValueError("a Meta-World vector env needs at least one task slot")
+        copies = {
+            t: _make_copies(check_task(t), tasks.count(t), seed) for t in dict.fromkeys(tasks)
+        }
+        self._envs = [copies[t].pop(0) for t in tasks]  # slot order; each copy used once
+        names = tuple(dict.fromkeys(tasks))
         self._spec = EnvSpec(
-            name=task,
+            name="+".join(names),
             observation_shape=(OBSERVATION_DIM,),
             action_kind="continuous",
             num_actions=0,
@@ -190,4 +197,6 @@ class MetaWorldVector:
 
 def make_metaworld_env(task: str, num_envs: int = 1, *, seed: int = 0) -> MetaWorldVector:
     """``num_envs`` copies of ``task`` (MT1, goals drawn from ``seed``) for batched evaluation."""
-    return MetaWorldVector(task, num_envs, seed=seed)
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return MetaWorldVector([task] * num_envs, seed=seed)
