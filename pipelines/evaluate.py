@@ -56,10 +56,11 @@ def run_evaluate(cfg: EvaluateConfig) -> EvalResult:
     def progress(unit: Any) -> None:
         n = len(unit.episodes)
         mean = sum(e.episode_return for e in unit.episodes) / n
-        console.print(
-            f"  {unit.key[0]} episodes {unit.key[1]}..{unit.key[1] + n - 1}: "
-            f"return {mean:.2f} ({unit.seconds:.1f} s, pid {unit.pid})"
-        )
+        task, first = unit.key
+        # a mixed unit ("reach-v3+push-v3", dtmem.eval_tasks.MixedUnit): each task its own
+        # episodes, side by side, so there is no one range of episode numbers to show
+        span = f"{n} episodes side by side" if "+" in task else f"episodes {first}..{first + n - 1}"
+        console.print(f"  {task} {span}: return {mean:.2f} ({unit.seconds:.1f} s, pid {unit.pid})")
 
     # Run (Ray actors, entered through dtmem.ray_session, or in this process: see open_pool).
     with start_run(cfg.tracking, stage=STAGE, config=cfg, tags=tags) as run:
