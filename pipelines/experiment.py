@@ -73,7 +73,7 @@ def estimate_line(plan: Plan, states: dict[str, str]) -> str:
     text = (
         f"estimated wall time here: {e.wall_s / 60:.0f} min on {e.cpus:g} CPUs"
         f" ({e.node_s / 60:.0f} min of node time) for {e.to_run} nodes to run"
-        f" ({len(plan.nodes) - e.to_run} cached)"
+        f" ({len(plan.nodes) - e.to_run} cached), at the rates of the laptop study's models"
     )
     if e.unknown:
         more = ", ..." if len(e.unknown) > 3 else ""
