@@ -9,13 +9,15 @@ otherwise be lost at the end.
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,6 +113,18 @@ def _write_atomic(
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     """Writes ``payload`` as JSON to a temp file beside ``path``, then renames it into place."""
     return _write_atomic(path, "w", lambda f: json.dump(payload, f))
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` as CSV text; columns: the union of the rows' keys, first seen first."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

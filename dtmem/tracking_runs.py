@@ -8,8 +8,6 @@ MLflow's global active run), ``find_run``, and the tag and param helpers (``git_
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import subprocess
 import time
@@ -153,15 +151,10 @@ class RunHandle:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        """``rows`` as a CSV artifact (columns: the union of the rows' keys, first seen first)."""
-        columns: list[str] = []
-        for row in rows:
-            columns.extend(k for k in row if k not in columns)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        self.log_text(buf.getvalue(), artifact_file)
+        """``rows`` as a CSV artifact (``dtmem.fileio.csv_text``)."""
+        from dtmem.fileio import csv_text
+
+        self.log_text(csv_text(rows), artifact_file)
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of a metric, in step order."""

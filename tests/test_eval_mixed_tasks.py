@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.evaluation import (
     EvalWorker,
     MixedUnit,
@@ -24,23 +23,13 @@ from dtmem.evaluation import (
 )
 from dtmem.model import build_model
 from dtmem.rollout import EpisodeStats, FunctionPolicy
+from tests.test_evaluate import _meta_config
 
 TASKS = ("reach-v3", "push-v3", "drawer-open-v3")
 
 
 def _payload() -> ModelPayload:
-    cfg = ModelConfig(
-        encoder="vector",
-        obs_dim=39,
-        act_dim=4,
-        return_scale=100.0,
-        context=5,
-        n_layer=1,
-        n_head=2,
-        d_model=14,
-        dropout=0.0,
-        memory=MemoryConfig(slots=7, heads=1),
-    )
+    cfg = _meta_config()
     torch.manual_seed(0)
     return ModelPayload.of(build_model(cfg), cfg, None)
 

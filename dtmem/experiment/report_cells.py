@@ -79,14 +79,19 @@ class _Sample:
 _Samples = dict[tuple[str, str, str], dict[str, dict[str, _Sample]]]
 
 
-def _scores(node: _Node, score_name: str) -> dict[str, float]:
-    """task -> this evaluation run's ``eval/<task>/<score_name>``."""
+def _per_task(node: _Node, prefix: str, name: str) -> dict[str, float]:
+    """task -> this run's ``<prefix>/<task>/<name>``."""
     out = {}
     for key, value in node.metrics.items():
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "eval" and parts[2] == score_name:
+        if len(parts) == 3 and parts[0] == prefix and parts[2] == name:
             out[parts[1]] = float(value)
     return out
+
+
+def _scores(node: _Node, score_name: str) -> dict[str, float]:
+    """task -> this evaluation run's ``eval/<task>/<score_name>``."""
+    return _per_task(node, "eval", score_name)
 
 
 def _score_name(nodes: Iterable[_Node]) -> tuple[str, Statistic]:
@@ -102,12 +107,7 @@ def _score_name(nodes: Iterable[_Node]) -> tuple[str, Statistic]:
 
 def _collected(node: _Node, name: str) -> dict[str, float]:
     """task -> this collect run's ``collect/<task>/<name>``."""
-    out = {}
-    for key, value in node.metrics.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "collect" and parts[2] == name:
-            out[parts[1]] = float(value)
-    return out
+    return _per_task(node, "collect", name)
 
 
 def _row_order(row: tuple[str, str]) -> tuple[bool, tuple[str, str]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtmem import metrics as M
-from dtmem.fileio import write_text_atomic
+from dtmem.fileio import csv_text, write_text_atomic
 from dtmem.sweep.base import RESULT_FILE, RESULTS_ARTIFACT, STEP, plain_values, read_json
 from dtmem.sweep.plan import SweepPlan
 from dtmem.sweep.tracking import end_trial_run, find_trial_run, mlflow_client
@@ -196,17 +196,7 @@ def score_points(
 
 
 def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    import csv
-    import io
-
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text_atomic(path, buf.getvalue())
+    return write_text_atomic(path, csv_text(rows))
 
 
 def report_results(
