@@ -39,7 +39,7 @@ from typing import Any
 from dtmem.experiment.dag import Node, Plan
 from dtmem.experiment.runner import _fits, fit_resources
 
-__all__ = ["Estimate", "Job", "estimate", "estimate_seconds", "node_seconds", "simulate"]
+__all__ = ["Estimate", "Job", "estimate", "node_seconds", "simulate"]
 
 # Measured on the 2-core development machine (no GPU; other sessions' work on it at the same
 # time, as a laptop has its own) on 2026-11-30 with benchmarks/bench_laptop_costs.py: each
@@ -187,11 +187,3 @@ def estimate(
         to_run=sum(1 for j in jobs if not j.cached),
         unknown=unknown,
     )
-
-
-def estimate_seconds(
-    plan: Plan, skip: Iterable[str] = (), *, cpus: float | None = None
-) -> tuple[float, list[str]]:
-    """(the makespan of the runner's schedule here, the nodes with no rate): ``estimate``."""
-    e = estimate(plan, skip, cpus=cpus)
-    return e.wall_s, e.unknown
