@@ -113,8 +113,9 @@ class DTPolicy:
     Keeps, per env, the last K steps as the model's inputs: observation *tokens* (each frame
     is encoded once, when it arrives, with ``model.encode_observations``), return-to-go,
     action, reward and timestep. Each ``act`` encodes only the new observations and runs
-    ``model.forward_tokens`` once on the windows of all active envs together (twice with
-    expert-return sampling: once for the return head, once for the action). ``state_stats``:
+    ``model.forward_step`` once on the windows of all active envs together (twice with
+    expert-return sampling: once for the return head, once for the action); it computes only
+    the predictions of each window's newest step. ``state_stats``:
     the training data's state statistics when it standardised vector states (None: raw).
     Puts the model in eval mode.
     """
@@ -214,13 +215,12 @@ class DTPolicy:
         expert = self.expert[rows]
         self.returns_to_go[r, p] = self._fixed_condition(rows).to(self.returns_to_go.dtype)
         L = int(self.length[rows].max())  # the longest window among them; the rest is padding
-        b = torch.arange(len(rows), device=self.device)
         if expert.any():
-            out = self._forward(r, L)
+            out = self._forward(r, p, L)
             assert out.return_logits is not None
             floor = torch.as_tensor(self.floor[rows], device=self.device)
             sampled = sample_expert_return(
-                out.return_logits[b, p],
+                out.return_logits[:, 0],
                 floor,
                 num_samples=self.num_return_samples,
                 inverse_temperature=self.return_inverse_temperature,
@@ -229,8 +229,8 @@ class DTPolicy:
             )
             e = torch.as_tensor(expert, device=self.device)
             self.returns_to_go[r, p] = torch.where(e, sampled, self.returns_to_go[r, p])
-        out = self._forward(r, L)
-        logits = out.action[b, p]  # (B, A) logits or (B, act_dim)
+        out = self._forward(r, p, L)
+        logits = out.action[:, 0]  # (B, A) logits or (B, act_dim)
         if self.spec.action_kind == "discrete":
             chosen = sample_action(
                 logits,
@@ -256,23 +256,27 @@ class DTPolicy:
             return return_bins(remaining, self.spec.return_min, self.spec.return_bins)
         return (remaining / self.spec.return_scale).float()
 
-    def _forward(self, r: torch.Tensor, L: int) -> DTOutput:
-        """The model on rows ``r`` of the context, first L steps (B, L, ...)."""
+    def _forward(self, r: torch.Tensor, p: torch.Tensor, L: int) -> DTOutput:
+        """The model's predictions for step p (B,) of rows ``r`` of the context, from its
+        first L steps (B, L, ...): ``forward_step``, exactly the full window's predictions
+        there (steps after p are padding, which the causal model never reads for step p)."""
         assert self.obs_tokens is not None
         if len(r) == len(self.length):  # every env active: views, no gather
-            return self.model.forward_tokens(
+            return self.model.forward_step(
                 self.obs_tokens[:, :L],
                 self.returns_to_go[:, :L],
                 self.actions[:, :L],
                 self.rewards[:, :L],
                 self.timesteps[:, :L],
+                p,
             )
-        return self.model.forward_tokens(
+        return self.model.forward_step(
             self.obs_tokens[r, :L],
             self.returns_to_go[r, :L],
             self.actions[r, :L],
             self.rewards[r, :L],
             self.timesteps[r, :L],
+            p,
         )
 
     def observe(self, rewards: np.ndarray) -> None:

@@ -165,8 +165,16 @@ class WorkingMemory(nn.Module):
         step = self.step(h, state)
         return step.out, step.state
 
-    def step(self, h: torch.Tensor, state: MemoryState) -> MemoryStep:
-        """As ``forward``, with the write and read addressing of the window kept."""
+    def step(
+        self, h: torch.Tensor, state: MemoryState, at: torch.Tensor | None = None
+    ) -> MemoryStep:
+        """As ``forward``, with the write and read addressing of the window kept.
+
+        ``at`` (B, q), token indices per sample: read only for those tokens (all K writes
+        still run, from the step summaries); ``out`` is then (B, q, d) and ``read``
+        (H, B, q, N), and rows of ``h`` other than the summaries and ``at`` are not used.
+        The channel erase computes every token's read and keeps those.
+        """
         B, L, _ = h.shape
         n_tok, H, d_h = self.tokens_per_step, self.heads, self.head_dim
         if L % n_tok:
@@ -181,18 +189,24 @@ class WorkingMemory(nn.Module):
         x = self._split(self.write_query(self.write_key(e)) * scale)  # (H, B, K, d_h)
         a = self._split(self.add(e))  # (H, B, K, d_h): a_t
         g = self.max_erase * torch.sigmoid(self.erase_gate(e))  # (B, K, H) or (B, K, d_m)
-        y = self._split(self.read_key(self.read_query(h)))  # (H, B, L, d_h), not yet scaled
+        factored = isinstance(state, FactoredMemory)
+        h_read = h if at is None or not factored else _rows(h, at)  # (B, L or q, d)
+        y = self._split(self.read_key(self.read_query(h_read)))  # (H, B, L or q, d_h), unscaled
         new_state: MemoryState
         if isinstance(state, FactoredMemory):
             if self.erase != "slot":
                 raise TypeError("a factored memory state needs erase='slot'")
-            v, new_state, w, alpha = self._write_read_factored(x, a, g.permute(2, 0, 1), y, state)
+            v, new_state, w, alpha = self._write_read_factored(
+                x, a, g.permute(2, 0, 1), y, state, None if at is None else at // n_tok
+            )
         else:
             if self.erase != "channel":
                 raise TypeError("a dense memory state needs erase='channel'")
             g = g.view(B, K, H, d_h).permute(2, 0, 1, 3)  # (H, B, K, d_h)
             v, new_state, w, alpha = self._write_read_dense(x, a, g, y, state.memory)
-        v = v.permute(1, 2, 0, 3).reshape(B, L, self.width)  # (B, L, d_m)
+            if at is not None:  # every token was read: keep those at ``at``
+                v, alpha = _head_rows(v, at), _head_rows(alpha, at)
+        v = v.permute(1, 2, 0, 3).reshape(B, v.shape[2], self.width)  # (B, L or q, d_m)
         return MemoryStep(self.out(self.read_value(v)), new_state, w, alpha)
 
     # --- the unrolled form (erase="slot") --------------------------------------------------
@@ -204,16 +218,18 @@ class WorkingMemory(nn.Module):
         g: torch.Tensor,
         y: torch.Tensor,
         state: FactoredMemory,
+        read_steps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor]:
         """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
         y (H, B, L, d_h) read keys (unscaled). Returns values (H, B, L, d_h), the new state, the
         write addressing (H, B, K, N) and the read addressing (H, B, L, N).
+        ``read_steps`` (B, q): y holds q tokens per sample instead, of these steps; values
+        and read addressing are then (H, B, q, ...).
         """
         H, B, K, d_h = x.shape
         L = y.shape[2]
-        n_tok = L // K
         m0 = self._heads_of_memory()  # (H, N, d_h)
         N = m0.shape[1]
         S0 = state.adds.shape[2]
@@ -228,10 +244,15 @@ class WorkingMemory(nn.Module):
             C_hat, decays, w = write_previous(s0_write, ax, g, state.decay, state.rows)
 
         # Read: every token of step t sees M_{t-1}, with the adds of steps < t (causal).
-        visible = torch.cat(
-            [self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1
-        ).repeat_interleave(n_tok, dim=0)  # (L, S): may token j read add s?
-        values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, 1.0 / math.sqrt(d_h))
+        step_visible = torch.cat([self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1)
+        scale = 1.0 / math.sqrt(d_h)
+        if read_steps is None:
+            visible = step_visible.repeat_interleave(L // K, dim=0)  # (L, S): may j read add s?
+            values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, scale)
+        else:  # q tokens per sample, each its own step: one token per "step" of ``read``
+            q = read_steps.shape[1]
+            decay = decays.gather(2, read_steps.expand(H, B, q).unsqueeze(-1).expand(-1, -1, -1, N))
+            values, alpha = read(y, m0, C_hat, adds, decay, step_visible[read_steps], scale)
         new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
         return values, new_state, w, alpha
 
@@ -287,3 +308,14 @@ class WorkingMemory(nn.Module):
             f"slots={s.slots}, width={s.width}, heads={s.heads}, erase={s.erase}, "
             f"addressing={s.addressing}, max_erase={s.max_erase}"
         )
+
+
+def _rows(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """t (B, L, C) at token indices at (B, q) -> (B, q, C)."""
+    return t.gather(1, at.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+
+def _head_rows(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """t (H, B, L, C) at token indices at (B, q) -> (H, B, q, C)."""
+    H, C = t.shape[0], t.shape[-1]
+    return t.gather(2, at.expand(H, -1, -1).unsqueeze(-1).expand(-1, -1, -1, C))

@@ -54,7 +54,9 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DTOutput:
-    """action:        (B, K, num_actions) logits, or (B, K, act_dim) in [-1, 1]
+    """Predictions per step of the window (K = 1 from ``forward_step``: one step per window).
+
+    action:        (B, K, num_actions) logits, or (B, K, act_dim) in [-1, 1]
     return_logits: (B, K, 120) or None (no Atari heads)
     reward_logits: (B, K, 4) or None
     memory:        each block's memory state after the window (empty for a plain DT)
@@ -118,13 +120,21 @@ class Block(nn.Module):
         return x, step.state if step is not None else None
 
     def step(
-        self, x: torch.Tensor, state: MemoryState | None
+        self, x: torch.Tensor, state: MemoryState | None, at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MemoryStep | None]:
-        """As ``forward``, with the memory's whole record (its addressing) kept."""
+        """As ``forward``, with the memory's whole record (its addressing) kept.
+
+        ``at`` (B, q), token indices per sample: the output only at those tokens, (B, q, d).
+        Attention and the memory's writes still see every token (keys, values and step
+        summaries); the memory read and the MLP run only for ``at``.
+        """
         x = x + self.attn(self.ln_1(x))
         step = None
         if self.memory is not None and self.ln_m is not None and state is not None:
-            step = self.memory.step(self.ln_m(x), state)
+            step = self.memory.step(self.ln_m(x), state, at)
+        if at is not None:
+            x = x.gather(1, at.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, q, d)
+        if step is not None:
             x = x + step.out
         x = x + self.mlp(self.ln_2(x))
         return x, step
@@ -216,6 +226,11 @@ class DecisionTransformer(nn.Module):
             for _ in range(n_layer)
         )
         self.ln_f = nn.LayerNorm(d_model)
+        # forward_step's tokens within a step: the return token (action head), then with
+        # Atari heads the last observation token (return head) and the action token (reward)
+        heads_at = [n_obs, n_obs - 1, n_obs + 1] if atari_heads else [n_obs]
+        self.head_tokens: torch.Tensor
+        self.register_buffer("head_tokens", torch.tensor(heads_at), persistent=False)
 
         # Heads.
         out_dim = num_actions if action_kind == "discrete" else act_dim
@@ -265,23 +280,70 @@ class DecisionTransformer(nn.Module):
         """As ``forward``, from already encoded observations (B, K, n_obs, d)."""
         B, K, n_obs, d = obs_tokens.shape
         x = self.embed_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
+        x, states = self._blocks(x, None)
+        x = self.ln_f(x).view(B, K, -1, d)  # (B, K, n_tok, d)
+        return self._heads(x[:, :, n_obs], x[:, :, n_obs - 1], x[:, :, n_obs + 1], states)
+
+    def forward_step(
+        self,
+        obs_tokens: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        timesteps: torch.Tensor,
+        step: torch.Tensor,
+    ) -> DTOutput:
+        """The predictions of one step per window, ``step`` (B,) (window b's step step[b]):
+        ``forward_tokens(...)`` at those steps, as a DTOutput with K = 1 (the memory states are
+        the full window's).
+
+        Exact, and cheaper: the last block needs every token's keys, values and step summaries,
+        but its memory read, MLP, ``ln_f`` and the heads run only at the step's predicting
+        tokens (the return token, with Atari heads the last observation and action tokens
+        too). This is what a rollout needs: the action of the newest step of each window.
+        """
+        n_tok = self.spec.tokens_per_step
+        at = step.unsqueeze(1) * n_tok + self.head_tokens  # (B, 1 or 3) token indices
+        x = self.embed_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
+        x, states = self._blocks(x, at)
+        x = self.ln_f(x)  # (B, 1 or 3, d): return token, [last obs token, action token]
+        if len(self.head_tokens) == 1:
+            return self._heads(x, None, None, states)
+        return self._heads(x[:, :1], x[:, 1:2], x[:, 2:3], states)
+
+    def _blocks(
+        self, x: torch.Tensor, at: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[MemoryState, ...]]:
+        """The blocks on x (B, L, d), each from the initial memory; the last one only at
+        ``at`` (B, q) when given. -> (B, L or q, d), each block's memory state."""
+        B = x.shape[0]
         states: list[MemoryState] = []
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
             assert isinstance(block, Block)
             state = block.memory.initial_state(B) if block.memory is not None else None
-            x, state = block(x, state)
-            if state is not None:
-                states.append(state)
-        x = self.ln_f(x).view(B, K, -1, d)
+            x, step = block.step(x, state, at if i == last else None)
+            if step is not None:
+                states.append(step.state)
+        return x, tuple(states)
 
-        action = self.action_head(x[:, :, n_obs])  # at the return token
+    def _heads(
+        self,
+        at_return: torch.Tensor,
+        at_last_obs: torch.Tensor | None,
+        at_action: torch.Tensor | None,
+        states: tuple[MemoryState, ...],
+    ) -> DTOutput:
+        """The heads on the final tokens (B, T, d) where each prediction is read."""
+        action = self.action_head(at_return)  # at the return token
         if self.spec.action_kind == "continuous":
             action = torch.tanh(action)
         return_logits = reward_logits = None
         if self.return_head is not None and self.reward_head is not None:
-            return_logits = self.return_head(x[:, :, n_obs - 1])  # at the last obs token
-            reward_logits = self.reward_head(x[:, :, n_obs + 1])  # at the action token
-        return DTOutput(action, return_logits, reward_logits, tuple(states))
+            assert at_last_obs is not None and at_action is not None
+            return_logits = self.return_head(at_last_obs)  # sees obs_t, not R_t
+            reward_logits = self.reward_head(at_action)  # sees a_t, not r_t
+        return DTOutput(action, return_logits, reward_logits, states)
 
     def embed_tokens(
         self,
