@@ -52,23 +52,23 @@ class _WritePrevious(torch.autograd.Function):
         HB = s0.shape[0]
         rows = s0.new_empty(HB, S0 + K, N)  # Ĉ_s, all rows of the state
         rows[:, :S0] = rows0.reshape(HB, S0, N)
-        P = decay0.reshape(HB, N)
-        cs, ws, Ps = [], [], [P]  # c_t, w_t, P_t: time-major, each (HB, N)
+        # time-major, each step's slice (HB, N) written in place: c_t, w_t, P_t, g_t w_t
+        c, w, gw = s0.new_empty(K, HB, N), s0.new_empty(K, HB, N), s0.new_empty(K, HB, N)
+        decays = s0.new_empty(K + 1, HB, N)
+        decays[0] = decay0.reshape(HB, N)
+        z = s0.new_empty(HB, N)  # z_t = P_{t-1} c_t, the softmax's input
         for t in range(K):
-            s = S0 + t
+            s, P = S0 + t, decays[t]
             if s:  # c_t = M_0 . x_t + sum_{s<t} (a_s . x_t) Ĉ_s
-                c = torch.baddbmm(s0[:, t, None], ax[:, t, None, :s], rows[:, :s])[:, 0]
+                torch.baddbmm(s0[:, t, None], ax[:, t, None, :s], rows[:, :s], out=c[t, :, None])
             else:
-                c = s0[:, t]
-            w = torch.softmax(P * c, dim=-1)
-            P = torch.addcmul(P, P * g[:, t], w, value=-1.0)  # P_t = P_{t-1} (1 - g_t w_t)
-            torch.div(w, P, out=rows[:, s])
-            cs.append(c)
-            ws.append(w)
-            Ps.append(P)
-        w_all, decays = torch.stack(ws), torch.stack(Ps)  # (K, HB, N), (K + 1, HB, N)
-        ctx.save_for_backward(ax, g, rows, decays, w_all, torch.stack(cs))
-        rows_decays_w = (rows, decays.transpose(0, 1), w_all.transpose(0, 1))
+                c[t] = s0[:, t]
+            torch.softmax(torch.mul(P, c[t], out=z), dim=-1, out=w[t])
+            torch.mul(w[t], g[:, t], out=gw[t])
+            torch.addcmul(P, P, gw[t], value=-1.0, out=decays[t + 1])  # P_{t-1} (1 - g_t w_t)
+            torch.div(w[t], decays[t + 1], out=rows[:, s])
+        ctx.save_for_backward(ax, g, rows, decays, w, c, gw)
+        rows_decays_w = (rows, decays.transpose(0, 1), w.transpose(0, 1))
         ctx.mark_non_differentiable(rows_decays_w[2])
         return rows_decays_w
 
@@ -80,13 +80,14 @@ class _WritePrevious(torch.autograd.Function):
         g_decays: torch.Tensor | None,
         _g_w: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
-        ax, g, rows, decays, w, c = ctx.saved_tensors
+        ax, g, rows, decays, w, c, gw = ctx.saved_tensors
         K, HB, N = w.shape
         S0 = rows.shape[1] - K
         gR = rows.new_zeros(rows.shape) if g_rows is None else g_rows.reshape(rows.shape)
         gD = None if g_decays is None else g_decays.reshape(HB, K + 1, N)
         g_c = w.new_empty(HB, K, N)  # dL/dc_t, which is also dL/ds0_t
-        g_g = g.new_empty(HB, K)
+        g_u = w.new_empty(K, HB, N)  # dL/du_t, u_t = 1 - g_t w_t
+        g_w = w.new_empty(HB, N)
         gP = w.new_zeros(HB, N) if gD is None else gD[:, K].clone()  # dL/dP_t, t = K first
         for t in reversed(range(K)):
             s = S0 + t
@@ -95,16 +96,16 @@ class _WritePrevious(torch.autograd.Function):
             if t + 1 < K:  # Ĉ_t enters c_r of every later step r: sum_r (a_t . x_r) dL/dc_r
                 later = ax[:, t + 1 :, s, None].transpose(1, 2)  # (HB, 1, K - t - 1)
                 g_row = torch.baddbmm(g_row[:, None], later, g_c[:, t + 1 :])[:, 0]
-            g_w = g_row / P  # Ĉ_t = w_t / P_t
+            torch.div(g_row, P, out=g_w)  # Ĉ_t = w_t / P_t
             gP.addcmul_(g_w, rows[:, s], value=-1.0)
-            g_u = gP * P_prev  # P_t = P_{t-1} u_t, u_t = 1 - g_t w_t
-            g_prev = torch.addcmul(gP, gP * g[:, t], w_t, value=-1.0)
-            g_w.addcmul_(g_u, g[:, t], value=-1.0)
-            g_g[:, t] = -torch.linalg.vecdot(g_u, w_t)
+            torch.mul(gP, P_prev, out=g_u[t])  # P_t = P_{t-1} u_t
+            g_w.addcmul_(g_u[t], g[:, t], value=-1.0)
             g_z = torch._softmax_backward_data(g_w, w_t, -1, w_t.dtype)  # w_t = softmax(z_t)
-            g_prev.addcmul_(g_z, c[t])  # z_t = P_{t-1} c_t
+            gP.addcmul_(gP, gw[t], value=-1.0).addcmul_(g_z, c[t])  # dL/dP_{t-1}: z_t = P_{t-1} c_t
             torch.mul(g_z, P_prev, out=g_c[:, t])
-            gP = g_prev if gD is None else g_prev + gD[:, t]
+            if gD is not None:
+                gP += gD[:, t]
+        g_g = torch.linalg.vecdot(g_u, w).neg_().T  # dL/dg_t = -(dL/du_t) . w_t, (HB, K)
         # c_t = s0_t + sum_{s < S0 + t} (a_s . x_t) Ĉ_s: the rest at once, causally
         g_ax = g_c @ rows.transpose(1, 2)  # (HB, K, S)
         causal = torch.ones(K, S0 + K, dtype=torch.bool, device=w.device).tril(S0 - 1)
@@ -207,16 +208,15 @@ class _Read(torch.autograd.Function):
         gW = torch.bmm(gV.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
         gW.baddbmm_(g_on.view(H * B, L, S), rows_f)
         g = gW.view(H, B, K, n_tok, N)
-        # W = α P
-        g_alpha_w = g * alpha
-        g_decay = g_alpha_w.sum(3)  # (H, B, K, N)
-        dot = g_alpha_w.mul_(P).sum(-1, keepdim=True)  # <gα, α> with gα = gW P, (.., n_tok, 1)
-        del g_alpha_w
-        # α = softmax(z): gz = α (gα - <gα, α>); z = P raw
-        g.mul_(P).sub_(dot).mul_(alpha)  # gz
-        g_decay += (g * z).sum(3) / decay  # sum_j gz raw, raw = z / P
-        g.mul_(P * ctx.scale)  # g_raw
-        g_raw = gW  # (H * B, L, N), the same storage as g
+        # W = α P, α = softmax(z), z = P raw, in one scratch tensor t
+        t = torch.mul(g, alpha)
+        g_decay = _sum_tokens(t)  # through W: sum_j gW α, (H, B, K, N)
+        dot = t.mul_(P).sum(-1, keepdim=True)  # <gα, α> with gα = gW P, (.., n_tok, 1)
+        t.addcmul_(alpha, dot, value=-1.0)  # gz = α (gα - <gα, α>)
+        torch.mul(t, P * ctx.scale, out=g)  # g_raw, in gW's storage
+        g_decay.addcdiv_(_sum_tokens(t.mul_(z)), decay)  # through z: sum_j gz raw = gz z / P
+        del t
+        g_raw = gW  # (H * B, L, N)
         # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
         g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
         g_rows.baddbmm_(ay.view(H * B, L, S).transpose(1, 2), g_raw)
@@ -225,6 +225,18 @@ class _Read(torch.autograd.Function):
         g_y += g_ay @ adds
         g_adds += g_ay.transpose(2, 3) @ y
         return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None, None
+
+
+def _sum_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(H, B, K, n_tok, N) -> (H, B, K, N), the sum over each step's tokens. A few adds of
+    slices are twice as fast as ``sum(3)`` over the small middle dimension on CPU."""
+    n_tok = x.shape[3]
+    if n_tok == 1 or n_tok > 8:
+        return x.sum(3)
+    out = torch.add(x[:, :, :, 0], x[:, :, :, 1])
+    for i in range(2, n_tok):
+        out += x[:, :, :, i]
+    return out
 
 
 def read(
