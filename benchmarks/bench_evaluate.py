@@ -7,9 +7,11 @@ against the ceiling, as ratios of pairs measured in turn in one run.
     naive     naive_rollout in this process: one env, the whole window through ``model(...)``
               every step
     ceiling   the lower of the raw env rate (random actions, E envs) and the policy's batched
-              forward rate (encode one step and run the full K-step window of E envs), each
-              summed over A probe actors measuring at the same time (the pool's cores, under
-              the same contention as the pool): no evaluation on these cores can beat it
+              forward rate (encode one step and run the forward the policy runs,
+              ``forward_step`` on the full K-step window of E envs: all blocks, the last one
+              only at the newest step), each summed over A probe actors measuring at the same
+              time (the pool's cores, under the same contention as the pool): no evaluation on
+              these cores can beat it
     cold      ``evaluate()`` once, end to end: the pool started (actors, imports, model,
               envs), run and stopped, as one ``dtmem evaluate`` call does (context only)
 
@@ -67,18 +69,20 @@ def raw_rate(task: str, envs: int, steps: int) -> float:
 @torch.no_grad()
 def forward_rate(model: DecisionTransformer, envs: int, calls: int) -> float:
     """Env steps/s the policy's forward allows: per step, one new observation encoded and
-    the full window of every env run once (what ``DTPolicy.act`` does at steady state)."""
+    the full window of every env run once through ``forward_step`` at its newest step (what
+    ``DTPolicy.act`` does at steady state)."""
     K = model.spec.context
     obs = torch.randn(envs, 1, *model.spec.obs_shape)
     tokens = model.encode_observations(torch.randn(envs, K, *model.spec.obs_shape))
     rtg, rew = torch.rand(envs, K), torch.rand(envs, K)
     act = torch.rand(envs, K, model.spec.act_dim)
     timesteps = torch.arange(K).expand(envs, K)
-    model.forward_tokens(tokens, rtg, act, rew, timesteps)  # warm-up
+    newest = torch.full((envs,), K - 1)
+    model.forward_step(tokens, rtg, act, rew, timesteps, newest)  # warm-up
     start = time.perf_counter()
     for _ in range(calls):
         model.encode_observations(obs)
-        model.forward_tokens(tokens, rtg, act, rew, timesteps)
+        model.forward_step(tokens, rtg, act, rew, timesteps, newest)
     return envs * calls / (time.perf_counter() - start)
 
 

@@ -1,7 +1,8 @@
 """Env steps per second of evaluation, three ways, on Meta-World reach-v3 and one Atari game:
 
     raw      the vector env alone, random actions (the ceiling)
-    batched  rollout(DTPolicy(model, env), ...): all envs in one model call, frames encoded once
+    batched  rollout(DTPolicy(model, env), ...): all envs in one model call, frames encoded once,
+             the last block run only at each window's newest step (``forward_step``)
     naive    naive_rollout(model, one env): the whole window recomputed every step
 
 The model is the default small DT-Mem (3 layers, d=128, K=20, 1024 memory slots; the conv
