@@ -114,9 +114,9 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, dropout)
 
     def forward(
-        self, x: torch.Tensor, state: MemoryState | None
+        self, x: torch.Tensor, state: MemoryState | None, at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MemoryState | None]:
-        x, step = self.step(x, state)
+        x, step = self.step(x, state, at)
         return x, step.state if step is not None else None
 
     def step(
@@ -322,9 +322,9 @@ class DecisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             assert isinstance(block, Block)
             state = block.memory.initial_state(B) if block.memory is not None else None
-            x, step = block.step(x, state, at if i == last else None)
-            if step is not None:
-                states.append(step.state)
+            x, state = block(x, state, at if i == last else None)
+            if state is not None:
+                states.append(state)
         return x, tuple(states)
 
     def _heads(
