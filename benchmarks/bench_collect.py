@@ -8,7 +8,9 @@ run and the summary), what a user waits for. The plain loop is ``record_episodes
 env in this process, no Ray, nothing written. Ray is started once beforehand, as a cluster
 would be. On a machine shared with other work, ``collect_machine_2_vs_1`` says how much a
 second process can add at all right now (the plain loop in 2 warm processes at once against
-1, measured in each pair's turn). Figures last, one per line: ``BENCH <name> <value>``.
+1, measured in each pair's turn). Before the figures, where the calls' wall time went
+(``CollectResult.phases``, medians over pairs; per-actor phases are means over actors).
+Figures last, one per line: ``BENCH <name> <value>``.
 
     python benchmarks/bench_collect.py            # about 2 minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # fewer episodes, one pair
@@ -103,6 +105,7 @@ def main() -> None:
         )
         plain = plain_loop(base)
         rates: dict[int, list[float]] = {1: [], 2: []}
+        phases: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         machine: list[float] = []
         with ray_session(num_cpus=2), ProcessPoolExecutor(2, mp_context=spawn) as workers:
             for f in [workers.submit(_record, t, 1) for t in TASKS]:  # warm: imports, envs
@@ -120,12 +123,17 @@ def main() -> None:
                     result = run_collect(cfg, console=Console(file=io.StringIO()))
                     wall = time.perf_counter() - t0
                     rates[actors].append(result.env_steps / wall)
+                    phases[actors].append(result.phases)
                     print(f"pair {i}, {actors} actor(s): {result.env_steps} steps in {wall:.1f} s "
                           f"= {result.env_steps / wall:.0f} steps/s (collection phase "
                           f"{result.env_steps_per_s:.0f})")  # fmt: skip
     ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {len(TASKS)} tasks "
           f"x {episodes} episodes x 500 steps; plain loop in one process {plain:.0f} steps/s")  # fmt: skip
+    for actors, runs in phases.items():
+        names = list(runs[0])
+        print(f"phases, {actors} actor(s), s: "
+              + ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in names))  # fmt: skip
     print("pairs (2 actors / 1): " + ", ".join(f"{r:.2f}" for r in ratios))
     print("the machine itself, plain loops in 2 processes / 1: "
           + ", ".join(f"{r:.2f}" for r in machine))  # fmt: skip

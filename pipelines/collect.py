@@ -18,6 +18,7 @@ as complete when it is not; a re-run reuses the complete ones and does the rest.
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rich.console import Console
 from dtmem.collect.driver import (
     CollectResult,
     DatasetSummary,
+    Timeline,
     check_checkpoints,
     collect_pool,
     collect_tasks,
@@ -44,6 +46,7 @@ __all__ = ["CollectResult", "main", "run_collect"]
 
 def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> CollectResult:
     """Run the collection of ``cfg`` (see the module docstring)."""
+    timeline = Timeline(time.time())
     if console is None:
         console = Console(stderr=True)
         if not console.is_terminal:  # a log file: rich's 80 columns would cut the table
@@ -68,10 +71,10 @@ def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> Collec
             if pool is None:  # RLlib: the agents train first, on the CPUs the actors take
                 train_agents(cfg, todo, run, console)
                 pool = stack.enter_context(collect_pool(cfg, ray))
-            written, counts = collect_tasks(cfg, todo, root, pool, run, console)
+            written, counts = collect_tasks(cfg, todo, root, pool, run, console, timeline)
         summaries = [written.get(t) or reused[t] for t in cfg.tasks]
         report(summaries, run, console, root)
-    return CollectResult(summaries, run.run_id, *counts)
+    return CollectResult(summaries, run.run_id, *counts, timeline.breakdown(time.time()))
 
 
 def main(config_path: Path, overrides: list[str]) -> None:

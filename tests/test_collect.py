@@ -11,6 +11,7 @@ import io
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,6 +175,49 @@ def test_expert_records_successful_reach_episodes_independent_of_slots():
         assert r1.episode_return == pytest.approx(float(e.rewards.sum()), rel=1e-5)
 
 
+def test_worker_returns_the_recorder_episodes_and_where_its_time_went():
+    from dtmem.collect.actors import CollectChunk, CollectWorker
+    from dtmem.collect.policies import make_policy
+    from dtmem.config.collect import PolicyConfig
+    from dtmem.envs.metaworld import make_metaworld_env
+
+    cfg = PolicyConfig(kind="expert", noise_std=0.05)
+    worker = CollectWorker("metaworld", cfg, envs_per_actor=2, max_steps=23, env_seed=0)
+    plans = plan_episodes(7, "reach-v3", range(3), total=3)
+    first = worker.run(CollectChunk("reach-v3", tuple(plans[:2])))
+    second = worker.run(CollectChunk("reach-v3", tuple(plans[2:])))
+    worker.close()
+    env = make_metaworld_env("reach-v3", 1, seed=0)
+    want = record_episodes(env, make_policy(cfg, env.spec, 1, "reach-v3"), plans, max_steps=23)
+    got = first.episodes + second.episodes
+    for g, w in zip(got, want, strict=True):
+        assert g.plan == w.plan
+        np.testing.assert_array_equal(g.episode.observations, w.episode.observations)
+        np.testing.assert_array_equal(g.episode.actions, w.episode.actions)
+    t1, t2 = first.timing, second.timing
+    assert t1.built_env and not t2.built_env  # the second chunk reuses the worker's envs
+    assert t1.worker == t2.worker and t1.ready_at == t2.ready_at <= t1.began < t2.began
+    assert t1.env_seconds > t2.env_seconds >= 0 and t1.episodes_seconds > 0
+    assert 0 < t1.cpu_seconds <= 1.5 * (t1.env_seconds + t1.episodes_seconds) + 0.05
+
+
+def test_timeline_phases_follow_one_another_per_worker():
+    from dtmem.collect.actors import ChunkTiming
+    from dtmem.collect.driver import Timeline
+
+    clock = Timeline(started=100.0, first_dispatch=100.25, collected=111.0, write=0.125)
+    for worker, ready, env, eps in [("a", 100.5, 1.0, 8.0), ("a", 100.5, 0.5, 1.0),
+                                    ("b", 101.5, 1.5, 7.5)]:  # fmt: skip
+        clock.add(ChunkTiming(worker, ready, ready + 0.01, env, eps, 0.9 * (env + eps), True))
+    p = clock.breakdown(ended=111.5)
+    assert p["total"] == 11.5 and p["setup"] == 0.25 and p["finish"] == 0.5
+    assert p["actor_start"] == 1.0  # mean of 0.5 and 1.5
+    assert p["envs"] == 1.5 and p["episodes"] == 8.25  # a: 1.5 + 9.0, b: 1.5 + 7.5
+    assert p["actor_idle"] == pytest.approx(11.5 - 1.0 - 1.5 - 8.25 - 0.5)
+    assert p["actor_cpu"] == pytest.approx(0.9 * 9.75) and p["write"] == 0.125
+    assert Timeline(started=5.0).breakdown(ended=6.0) == {"total": 1.0}  # nothing collected
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 
@@ -196,6 +240,72 @@ def _smoke(tmp_path: Path, *extra: str, db: Path | None = None) -> CollectConfig
             *extra,
         ],
     )
+
+
+# Costs of this machine (2 cores, quiet): a Ray actor ready, a Meta-World env built (first
+# with the metaworld import, then another task's), an expert episode of 500 steps
+START, FIRST_BUILD, BUILD = 0.65, 1.25, 0.85
+EPISODE = {"reach-v3": 0.35, "push-v3": 0.85}
+
+
+def _simulate(tasks: list[str], episodes: int, actors: int) -> tuple[float, int]:
+    """Finish time and env builds of the driver's real scheduler on a simulated pool that
+    follows ``RayPool``'s rules (up to QUEUED_PER_ACTOR chunks per actor, run in turn; a free
+    actor's last task passed to ``take``), with the costs above and no noise."""
+    import heapq
+
+    from dtmem.collect.datasets import TaskState
+    from dtmem.collect.driver import QUEUED_PER_ACTOR, Timeline, _scheduler
+
+    cfg = _smoke(Path("unused"), f"tasks=[{', '.join(tasks)}]",
+                 f"episodes_per_task={episodes}", f"num_actors={actors}")  # fmt: skip
+    states = {t: TaskState(t, t, episodes, cfg.attempts_per_task, 1) for t in tasks}
+    take = _scheduler(cfg, states, 1, Timeline(0.0))
+    queued: list[list[Any]] = [[] for _ in range(actors)]
+    held: list[str | None] = [None] * actors
+    envs: list[set[str]] = [set() for _ in range(actors)]
+    ends: list[tuple[float, int]] = []
+    now, builds = 0.0, 0
+
+    def begin(a: int, at: float) -> None:
+        nonlocal builds
+        chunk = queued[a][0]
+        build = 0.0
+        if chunk.task not in envs[a]:
+            build = BUILD if envs[a] else FIRST_BUILD
+            envs[a].add(chunk.task)
+            builds += 1
+        heapq.heappush(ends, (at + build + EPISODE[chunk.task] * len(chunk.plans), a))
+
+    while True:
+        for a in range(actors):
+            while len(queued[a]) < QUEUED_PER_ACTOR and (chunk := take(held[a])) is not None:
+                queued[a].append(chunk)
+                held[a] = chunk.task
+                if len(queued[a]) == 1:
+                    begin(a, max(now, START))
+        if not ends:
+            return now, builds
+        now, a = heapq.heappop(ends)
+        chunk = queued[a].pop(0)
+        if queued[a]:
+            begin(a, now)
+        st, n = states[chunk.task], len(chunk.plans)
+        st.outstanding, st.next_write, st.kept = st.outstanding - n, st.next_write + n, st.kept + n
+        st.done = st.finished()
+
+
+def test_scheduler_finishes_two_actors_near_the_bound():
+    tasks = ["reach-v3", "push-v3"]
+    one, one_builds = _simulate(tasks, 8, 1)
+    two, two_builds = _simulate(tasks, 8, 2)
+    work = 8 * sum(EPISODE.values())
+    assert one == pytest.approx(START + FIRST_BUILD + BUILD + work) and one_builds == 2
+    # each actor builds its task's envs; one more build lets the reach actor help with push
+    assert two_builds == 3
+    bound = START + FIRST_BUILD + (work + BUILD) / 2
+    assert bound <= two <= 1.03 * bound
+    print(f"2 vs 1 actors at best on these costs: {one / two:.2f}")
 
 
 def test_bad_config_is_a_one_line_error(tmp_path):
@@ -321,19 +431,35 @@ def test_same_config_same_data_whatever_the_actors(ray_session, tmp_path, mlflow
 
     common = ["tasks=[reach-v3, push-v3]", "max_steps=66", "episodes_per_task=3"]
     common += ["keep=successful", "max_attempts=12"]  # about half fail by step 66
-    a = run_collect(
+    a_run = run_collect(
         _smoke(tmp_path / "a", *common, "num_actors=1", "envs_per_actor=1", db=mlflow_db),
         console=_quiet(),
-    ).datasets
-    b = run_collect(
+    )
+    b_run = run_collect(
         _smoke(tmp_path / "b", *common, "num_actors=2", "envs_per_actor=2", db=mlflow_db),
         console=_quiet(),
-    ).datasets
+    )
+    a, b = a_run.datasets, b_run.datasets
     assert [s.content_hash for s in a] == [s.content_hash for s in b]
     assert all(s.episodes <= 3 and s.attempted <= 12 for s in a)
     assert any(s.attempted > s.episodes for s in a)  # unsuccessful attempts were dropped
-    reader = open_dataset(a[0].dataset_id, tmp_path / "a" / "ds")
-    assert all(reader.read_episode(i).infos["success"].any() for i in range(reader.total_episodes))
+    for s in a:  # episode by episode, every stored array
+        one, two = (
+            open_dataset(s.dataset_id, tmp_path / "a" / "ds"),
+            open_dataset(s.dataset_id, tmp_path / "b" / "ds"),
+        )
+        assert one.total_episodes == two.total_episodes == s.episodes
+        for i in range(one.total_episodes):
+            e1, e2 = one.read_episode(i), two.read_episode(i)
+            assert e1.infos["success"].any()  # keep=successful
+            for name in ("observations", "actions", "rewards", "terminations", "truncations"):
+                np.testing.assert_array_equal(getattr(e1, name), getattr(e2, name), err_msg=name)
+            np.testing.assert_array_equal(e1.infos["success"], e2.infos["success"])
+    for result in (a_run, b_run):  # per worker, the phases add up to the call
+        p = result.phases
+        per_worker = ("actor_start", "envs", "episodes", "actor_idle", "finish")
+        assert sum(p[k] for k in per_worker) == pytest.approx(p["total"])
+        assert p["envs"] > 0 and p["episodes"] > 0 and p["actor_idle"] >= -0.05
 
 
 @pytest.mark.slow

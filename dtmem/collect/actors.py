@@ -3,8 +3,9 @@
 ``record_episodes`` runs the one episode loop (``dtmem.rollout.run_episodes``, the same as
 evaluation's) with a behaviour policy and an ``EpisodeRecorder``: episodes started in plan
 order on whichever slot is free, each recorded whole as an ``Episode``. ``CollectWorker``
-keeps the envs and policies of its last tasks and runs ``CollectChunk``s; the driver runs it
-on the pool shared with evaluation (``dtmem.actor_pool``).
+keeps the envs and policies of its last tasks and runs ``CollectChunk``s, returning each
+chunk's episodes with where its time went (``ChunkResult``); the driver runs it on the pool
+shared with evaluation (``dtmem.actor_pool``).
 
 What is stored per step (the dataset format, ``dataset_spaces``):
 
@@ -20,6 +21,9 @@ What is stored per step (the dataset format, ``dataset_spaces``):
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from dtmem.config.collect import PolicyConfig
 
 __all__ = [
+    "ChunkResult",
+    "ChunkTiming",
     "CollectChunk",
     "CollectWorker",
     "EpisodeRecorder",
@@ -189,6 +195,30 @@ class CollectChunk:
         return self.task
 
 
+@dataclass(frozen=True)
+class ChunkTiming:
+    """Where a chunk's time went in its worker. Stamps are ``time.time()`` so that the
+    driver can set them beside its own clock (same machine; across nodes, up to their clock
+    skew); durations are wall seconds."""
+
+    worker: str  # which worker ran it (unique per worker process)
+    ready_at: float  # when the worker had started: process, imports, ``__init__``
+    began: float  # when it began this chunk
+    env_seconds: float  # getting the task's envs and policy (building them if not held)
+    episodes_seconds: float  # running the episodes
+    cpu_seconds: float  # CPU time of the worker's process over the chunk (below the wall
+    # seconds when the machine runs more than it has cores)
+    built_env: bool  # whether the envs were built for this chunk
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """A chunk's episodes in plan order, and its timing."""
+
+    episodes: list[EpisodeResult]
+    timing: ChunkTiming
+
+
 class CollectWorker:
     """Records chunks of episodes; the body of a collection actor (``dtmem.actor_pool``).
 
@@ -218,6 +248,8 @@ class CollectWorker:
             torch.set_num_threads(max(1, torch_threads))
         self.envs = EnvCache(keep=2)
         self._policies: OrderedDict[str, BehaviourPolicy] = OrderedDict()
+        self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.ready_at = time.time()
 
     def _policy(self, task: str, spec: EnvSpec) -> BehaviourPolicy:
         if task not in self._policies:
@@ -227,18 +259,25 @@ class CollectWorker:
         self._policies.move_to_end(task)
         return self._policies[task]
 
-    def run(self, chunk: CollectChunk) -> list[EpisodeResult]:
+    def run(self, chunk: CollectChunk) -> ChunkResult:
+        began, builds = time.time(), self.envs.builds
+        t0, cpu = time.perf_counter(), time.process_time()
         n = max(1, min(self.envs_per_actor, len(chunk.plans)))
         env = self.envs.get(self.suite, chunk.task, n, seed=self.env_seed)
+        policy = self._policy(chunk.task, env.spec)
+        t1 = time.perf_counter()
         atari = self.suite == "atari"
-        return record_episodes(
+        episodes = record_episodes(
             env,
-            self._policy(chunk.task, env.spec),
+            policy,
             chunk.plans,
             max_steps=self.max_steps,
             frame=_newest_frame if atari else (lambda o: o),
             autoreset=atari,
         )
+        timing = ChunkTiming(self.worker_id, self.ready_at, began, t1 - t0, time.perf_counter() - t1,
+                             time.process_time() - cpu, self.envs.builds > builds)  # fmt: skip
+        return ChunkResult(episodes, timing)
 
     def close(self) -> None:
         self.envs.close()

@@ -3,7 +3,8 @@
 actor pool shared with evaluation, ``dtmem.actor_pool``) and the scheduling of episode chunks
 on them (``collect_tasks``): a free actor takes the next chunk of the task whose envs it
 holds, else of the task with the fewest episodes out; each chunk's episodes go to the task's
-writer (``dtmem.collect.datasets``) in index order.
+writer (``dtmem.collect.datasets``) in index order. ``Timeline`` says where the call's wall
+time went (``CollectResult.phases``).
 
 Ray is entered by ``pipelines/collect.py`` through ``dtmem.ray_session``; the workers come
 from ``dtmem.collect.actors``. The names ``pipelines/collect.py`` uses from
@@ -13,10 +14,11 @@ from ``dtmem.collect.actors``. The names ``pipelines/collect.py`` uses from
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,13 @@ from rich.progress import (
 
 from dtmem import metrics
 from dtmem.actor_pool import PoolError, RayPool, remote_class
-from dtmem.collect.actors import CollectChunk, CollectWorker, EpisodeResult
+from dtmem.collect.actors import (
+    ChunkResult,
+    ChunkTiming,
+    CollectChunk,
+    CollectWorker,
+    EpisodeResult,
+)
 from dtmem.collect.datasets import (
     CollectError,
     DatasetSummary,
@@ -50,6 +58,7 @@ __all__ = [
     "CollectError",
     "CollectResult",
     "DatasetSummary",
+    "Timeline",
     "check_checkpoints",
     "collect_pool",
     "collect_tasks",
@@ -65,15 +74,17 @@ LOG_EVERY_S = 10.0  # throughput metrics at most this often
 
 @dataclass(frozen=True)
 class CollectResult:
-    """What ``collect`` did: one summary per task (task order), the MLflow run, and the
+    """What ``collect`` did: one summary per task (task order), the MLflow run, the
     throughput of the collection phase (actors started to last episode in; env steps of
-    every attempted episode, including dropped ones; zeros when everything was reused)."""
+    every attempted episode, including dropped ones; zeros when everything was reused), and
+    where the call's wall time went (``Timeline.breakdown``)."""
 
     datasets: list[DatasetSummary]
     run_id: str
     episodes: int
     env_steps: int
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def env_steps_per_s(self) -> float:
@@ -147,6 +158,64 @@ def collect_pool(cfg: CollectConfig, ray: Any) -> Iterator[RayPool[CollectChunk]
         pool.close()
 
 
+@dataclass
+class _WorkerTime:
+    ready_at: float
+    envs: float = 0.0
+    episodes: float = 0.0
+    cpu: float = 0.0
+
+
+@dataclass
+class Timeline:
+    """Where one ``run_collect`` call's wall time goes: stamps (``time.time()``, the clock
+    the actors stamp their ``ChunkTiming`` with) and sums, filled in as the call runs."""
+
+    started: float  # the call began
+    first_dispatch: float | None = None  # the first chunk handed out
+    collected: float | None = None  # the last chunk's episodes in
+    write: float = 0.0  # the driver writing episodes (and dropping unsuccessful ones)
+    commit: float = 0.0  # the driver committing datasets
+    workers: dict[str, _WorkerTime] = field(default_factory=dict)
+
+    def add(self, timing: ChunkTiming) -> None:
+        w = self.workers.setdefault(timing.worker, _WorkerTime(timing.ready_at))
+        w.envs += timing.env_seconds
+        w.episodes += timing.episodes_seconds
+        w.cpu += timing.cpu_seconds
+
+    def breakdown(self, ended: float) -> dict[str, float]:
+        """Seconds per phase, ``total`` the whole call. Per worker the phases follow one
+        another and sum to ``total``: ``actor_start`` (call start to the worker ready: Ray,
+        its process, imports), ``envs`` (building envs and policies), ``episodes``,
+        ``actor_idle`` (no chunk to run: round trips, and the tail while others finish),
+        ``finish`` (last episode in to the call's end: summary, MLflow, actors stopped);
+        each is the mean over the workers that ran chunks. ``actor_cpu``: their CPU seconds
+        over ``envs`` and ``episodes`` (mean), below those where the machine runs more than
+        it has cores. Beside them, in the driver while the workers run: ``setup`` (call start
+        to the first chunk handed out: checks, the MLflow run), ``write`` and ``commit``."""
+        total = ended - self.started
+        if not self.workers or self.collected is None or self.first_dispatch is None:
+            return {"total": total}
+        ws = list(self.workers.values())
+        envs = statistics.fmean(w.envs for w in ws)
+        episodes = statistics.fmean(w.episodes for w in ws)
+        start = statistics.fmean(w.ready_at - self.started for w in ws)
+        finish = ended - self.collected
+        return {
+            "setup": self.first_dispatch - self.started,
+            "actor_start": start,
+            "envs": envs,
+            "episodes": episodes,
+            "actor_idle": total - start - envs - episodes - finish,
+            "finish": finish,
+            "actor_cpu": statistics.fmean(w.cpu for w in ws),
+            "write": self.write,
+            "commit": self.commit,
+            "total": total,
+        }
+
+
 def collect_tasks(
     cfg: CollectConfig,
     tasks: list[str],
@@ -154,9 +223,11 @@ def collect_tasks(
     pool: RayPool[CollectChunk],
     run: RunHandle,
     console: Console,
+    timeline: Timeline | None = None,
 ) -> tuple[dict[str, DatasetSummary], tuple[int, int, float]]:
     """Collect ``tasks`` on ``pool``; returns the summaries and (episodes, env steps,
-    seconds of the collection phase)."""
+    seconds of the collection phase). Stamps and sums go to ``timeline``."""
+    clock = timeline if timeline is not None else Timeline(time.time())
     variants = num_variants(cfg.policy)
     states = {
         t: TaskState(
@@ -171,17 +242,23 @@ def collect_tasks(
     meter = _Meter(run, console, len(tasks), cfg.episodes_per_task)
     out: dict[str, DatasetSummary] = {}
 
-    def on_result(chunk: CollectChunk, results: list[EpisodeResult]) -> None:
+    def on_result(chunk: CollectChunk, result: ChunkResult) -> None:
+        clock.collected = time.time()
+        clock.add(result.timing)
         st = states[chunk.task]
-        meter.count(results)
+        meter.count(result.episodes)
         if st.done:
             return  # extra attempts of a task already complete
         before = st.kept
-        for r in results:
+        for r in result.episodes:
             st.buffer[r.plan.index] = r
+        t0 = time.perf_counter()
         drain(st, cfg, root)
+        t1 = time.perf_counter()
+        clock.write += t1 - t0
         if st.finished():
             out[st.task] = summary = commit(st, cfg)
+            clock.commit += time.perf_counter() - t1
             if summary.episodes < cfg.episodes_per_task:
                 console.print(
                     f"[yellow]warning[/]: {st.task}: kept {summary.episodes} of "
@@ -191,7 +268,7 @@ def collect_tasks(
 
     try:
         with meter.progress:
-            pool.run(_scheduler(cfg, states, variants), on_result)
+            pool.run(_scheduler(cfg, states, variants, clock), on_result)
     except PoolError as exc:
         raise CollectError(str(exc)) from exc
     finally:
@@ -225,11 +302,19 @@ def _new_actor(cfg: CollectConfig) -> Callable[[], Any]:
 
 
 def _scheduler(
-    cfg: CollectConfig, states: dict[str, TaskState], variants: int
+    cfg: CollectConfig, states: dict[str, TaskState], variants: int, clock: Timeline
 ) -> Callable[[Hashable | None], CollectChunk | None]:
     """``take(held)``: the next chunk of the task ``held`` if it has one to hand out, else of
     the task with the fewest episodes in flight (so actors spread over tasks and each builds
-    few envs); None when none can be handed out now."""
+    few envs); None when none can be handed out now.
+
+    Near the best it can be (``test_scheduler_finishes_two_actors_near_the_bound``): on this
+    machine's costs (actor start 0.65 s, env build 1.25 s first and 0.85 s after, reach /
+    push episodes 0.35 / 0.85 s), 2 tasks x 8 episodes on 2 actors finish in 7.25 s against
+    a bound of 7.13 s (start, first build, then half of all episodes and of the one extra
+    build that lets the reach actor help with push). Tried and not kept: holding queued
+    chunks back at the tail and helping only where a task's measured episodes outweigh an
+    env build (the same at 2 x 8 with noisy episode times, 17% slower at 2 x 2)."""
 
     def chunk_of(st: TaskState) -> CollectChunk:
         n = min(cfg.episodes_per_chunk, st.attempts - st.next_dispatch)
@@ -240,6 +325,8 @@ def _scheduler(
         st.outstanding += n
         plans = plan_episodes(cfg.seed, st.task, indices, total=cfg.episodes_per_task,
                               variants=variants)  # fmt: skip
+        if clock.first_dispatch is None:
+            clock.first_dispatch = time.time()
         return CollectChunk(st.task, tuple(plans))
 
     def take(held: Hashable | None) -> CollectChunk | None:
