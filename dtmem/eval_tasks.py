@@ -18,9 +18,9 @@ work units they are cut into. No Ray; torch only inside ``check_requests``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from dtmem.envs import Suite, env_spec
 
@@ -42,7 +42,10 @@ __all__ = [
     "mix_units",
     "requests_from_config",
     "resolve_metaworld_tasks",
+    "split_by_task",
 ]
+
+E = TypeVar("E")  # an episode's record
 
 _SEED_SPACE = 1 << 30  # env seeds stay well inside int32 (ALE) after adding episode indices
 
@@ -201,6 +204,16 @@ class MixedUnit:
 
 
 Unit = WorkUnit | MixedUnit
+
+
+def split_by_task(unit: Unit, episodes: Sequence[E]) -> Iterator[tuple[str, list[E]]]:
+    """A unit's episodes, which come in the order of its parts, as (task, that part's)."""
+    start = 0
+    for part in unit.parts:
+        yield part.request.task, list(episodes[start : start + part.count])
+        start += part.count
+    if start != len(episodes):
+        raise ValueError(f"unit {unit.key} ran {len(episodes)} episodes, its parts {start}")
 
 
 def make_units(requests: Sequence[TaskRequest], *, seed: int, chunk: int) -> list[WorkUnit]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtmem.eval_tasks import split_by_task
 from dtmem.evaluation import (
     EvalWorker,
     MixedUnit,
@@ -162,3 +163,46 @@ def test_mix_units_keeps_a_leftover_of_several_episodes_with_others() -> None:
         ("reach-v3", 3, 1),
         ("push-v3", 0, 2),
     ]
+
+
+def test_split_by_task_hands_each_part_its_episodes_and_refuses_a_short_list() -> None:
+    units = mix_units(make_units(_requests((2, 1, 1)), seed=0, chunk=4), chunk=4)
+    (unit,) = units
+    assert [(t, eps) for t, eps in split_by_task(unit, ["a", "b", "c", "d"])] == [
+        ("reach-v3", ["a", "b"]),
+        ("push-v3", ["c"]),
+        ("drawer-open-v3", ["d"]),
+    ]
+    with pytest.raises(ValueError, match="ran 3 episodes, its parts 4"):
+        list(split_by_task(unit, ["a", "b", "c"]))
+
+
+def test_sweep_evaluation_mixes_tasks_with_each_task_as_alone(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtmem.config.sweep import EvaluationConfig
+    from dtmem.sweep.trial import evaluate_model
+    from dtmem.training.checkpoint import export_model
+
+    cfg = _meta_config()
+    torch.manual_seed(0)
+    model_dir = export_model(
+        tmp_path / "model", model=build_model(cfg), model_config=cfg, state_stats=None, meta={}
+    )
+    units: list[Any] = []
+    run = EvalWorker.run
+    monkeypatch.setattr(EvalWorker, "run", lambda self, unit: units.append(unit) or run(self, unit))
+
+    def evaluate_on(tasks: list[str]) -> dict[str, float]:
+        ecfg = EvaluationConfig.model_validate(
+            {"tasks": tasks, "episodes": 1, "max_steps": 10, "target_return": 300.0, "envs": 4}
+        )
+        return evaluate_model(model_dir, ecfg)[0]
+
+    together = evaluate_on(list(TASKS))
+    assert len(units) == 1 and isinstance(units[0], MixedUnit)  # one batch, not three
+    for task in TASKS:
+        alone = evaluate_on([task])
+        assert {k: v for k, v in together.items() if task in k} == pytest.approx(
+            {k: v for k, v in alone.items() if task in k}, rel=1e-6
+        )

@@ -137,16 +137,17 @@ def evaluate_model(
     model_dir: Path, ecfg: EvaluationConfig
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Meta-World rollouts of the model in ``model_dir`` in this process (``EvalWorker``, the
-    body of ``dtmem evaluate``'s actors): per-task and mean return and success rate, and
-    one row per episode."""
+    body of ``dtmem evaluate``'s actors, on ``dtmem evaluate``'s units: few-episode tasks side
+    by side): per-task and mean return and success rate, and one row per episode."""
     import numpy as np
 
+    from dtmem.eval_tasks import split_by_task
     from dtmem.evaluation import (
         EvalWorker,
         ModelPayload,
         TaskRequest,
         check_requests,
-        make_units,
+        plan_units,
         resolve_metaworld_tasks,
         task_result,
     )
@@ -162,8 +163,9 @@ def evaluate_model(
     worker = EvalWorker(ModelPayload.of(loaded.model, loaded.config, loaded.state_stats))
     by_task: dict[str, list[Any]] = {r.task: [] for r in requests}
     try:
-        for unit in make_units(requests, seed=ecfg.seed, chunk=ecfg.envs):
-            by_task[unit.request.task] += worker.run(unit).episodes
+        for unit in plan_units(requests, seed=ecfg.seed, chunk=ecfg.envs):
+            for task, episodes in split_by_task(unit, worker.run(unit).episodes):
+                by_task[task] += episodes
     finally:
         worker.close()
     metrics: dict[str, float] = {}
