@@ -258,8 +258,9 @@ class DTPolicy:
 
     def _forward(self, r: torch.Tensor, p: torch.Tensor, L: int) -> DTOutput:
         """The model's predictions for step p (B,) of rows ``r`` of the context, from its
-        first L steps (B, L, ...): ``forward_step``, exactly the full window's predictions
-        there (steps after p are padding, which the causal model never reads for step p)."""
+        first L steps (B, L, ...): ``forward_step``, the full window's predictions there up to
+        float rounding (steps after p are padding, which the causal model never reads for
+        step p)."""
         assert self.obs_tokens is not None
         if len(r) == len(self.length):  # every env active: views, no gather
             return self.model.forward_step(

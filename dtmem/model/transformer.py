@@ -297,7 +297,8 @@ class DecisionTransformer(nn.Module):
         ``forward_tokens(...)`` at those steps, as a DTOutput with K = 1 (the memory states are
         the full window's).
 
-        Exact, and cheaper: the last block needs every token's keys, values and step summaries,
+        The same computation (equal up to float rounding, as tests/test_policy_last_token.py
+        checks), and cheaper: the last block needs every token's keys, values and step summaries,
         but its memory read, MLP, ``ln_f`` and the heads run only at the step's predicting
         tokens (the return token, with Atari heads the last observation and action tokens
         too). This is what a rollout needs: the action of the newest step of each window.
