@@ -2,9 +2,10 @@
 
 Each task is built as MT1 (``gym.make("Meta-World/MT1", env_name=task, seed=seed)``): the
 goal is part of the 39-dim observation, episodes are truncated at 500 steps, and every reset
-draws one of the task's 50 goals. Building the ML45 benchmark takes 60-80 s, so nothing here
-builds it; the task names below are checked against ``metaworld.env_dict.ML45_V3`` in the
-tests. Nothing here ever renders.
+draws one of the task's 50 goals. The first build of a (task, seed) caches its goals on disk,
+so later builds, in any process, skip the 0.65 s of sampling them (dtmem.envs.goal_cache).
+Building the ML45 benchmark takes 60-80 s, so nothing here builds it; the task names below
+are checked against ``metaworld.env_dict.ML45_V3`` in the tests. Nothing here ever renders.
 """
 
 from __future__ import annotations
@@ -86,16 +87,40 @@ def expert_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
     return act
 
 
+def _build_mt1(task: str, seed: int) -> gym.Env[Any, Any]:
+    """The env ``gym.make("Meta-World/MT1", env_name=task, seed=seed)`` makes (same 50 goals,
+    same wrappers; ``env.spec`` is left unset), with the goals from the goal cache when a
+    build of ``task`` and ``seed`` has cached them (dtmem.envs.goal_cache)."""
+    import gymnasium as gym
+    import metaworld
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from dtmem.envs import goal_cache
+
+    tasks = goal_cache.load_goals(task, seed)
+    if tasks is None:
+        tasks = metaworld.MT1(task, seed=seed).train_tasks  # samples the 50 goals
+        goal_cache.save_goals(task, seed, tasks)
+    # What make_mt_envs (gym.make's entry point) does with MT1's tasks, then gym.make's wrapper.
+    env = metaworld._init_each_env(
+        env_cls=ALL_V3_ENVIRONMENTS[task],
+        tasks=tasks,
+        seed=seed,
+        num_tasks=1,
+    )
+    return gym.wrappers.OrderEnforcing(env)
+
+
 def _make_copies(task: str, num_envs: int, seed: int) -> list[gym.Env[Any, Any]]:
     """``num_envs`` MT1 envs of ``task`` sharing one set of 50 goals (from ``seed``).
 
-    The first comes from ``gym.make``; the others reuse its goal list through metaworld's
-    own env factory, because building the goals again costs 0.5 s per copy.
+    The first is built as ``gym.make`` would (``_build_mt1``); the others reuse its goal
+    list through metaworld's own env factory, because building the goals again costs 0.5 s
+    per copy.
     """
-    import gymnasium as gym
     import metaworld
 
-    first = gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
+    first = _build_mt1(task, seed)
     tasks = first.get_wrapper_attr("tasks")
     env_cls = type(first.unwrapped)
     rest = [
