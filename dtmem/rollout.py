@@ -143,6 +143,7 @@ def run_episodes(
             recorder.record(np.flatnonzero(active), actions, step, truncated)
         done = active & (step.terminated | step.truncated | timed_out)
         obs = step.observations.copy()
+        idle: list[int] = []  # slots that ended with no episode left for them
         for i in np.flatnonzero(done).tolist():
             e = int(episode_of[i])
             results[e] = stats = EpisodeStats(
@@ -162,9 +163,11 @@ def run_episodes(
                 started += 1
             else:
                 episode_of[i] = -1
+                idle.append(i)
+        idle += np.flatnonzero(~active & (step.terminated | step.truncated)).tolist()
+        if (episode_of >= 0).any():  # the env steps on: keep the idle slots steppable
+            for i in idle:
                 obs[i] = env.reset_at(i, None)
-        for i in np.flatnonzero(~active & (step.terminated | step.truncated)).tolist():
-            obs[i] = env.reset_at(i, None)  # idle, but keep it steppable
     assert all(s is not None for s in results)
     return [s for s in results if s is not None]
 
