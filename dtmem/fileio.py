@@ -23,6 +23,7 @@ from typing import IO, Any
 
 __all__ = [
     "DiskError",
+    "cache_dir",
     "check_writable",
     "disk_error",
     "write_bytes_atomic",
@@ -38,6 +39,14 @@ class DiskError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror or "disk error")
+
+
+def cache_dir() -> Path:
+    """dtmem's cache (downloaded models, Meta-World goal lists): ``$DTMEM_CACHE``, else
+    ``($XDG_CACHE_HOME or ~/.cache)/dtmem``. Everything in it can be rebuilt."""
+    if override := os.environ.get("DTMEM_CACHE"):
+        return Path(override).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "dtmem"
 
 
 def disk_error(path: str | os.PathLike[str], exc: OSError) -> DiskError:

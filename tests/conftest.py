@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,16 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # with 1).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# dtmem's cache (Meta-World goal lists, downloaded models) in a directory of this session's
+# own, shared by its tests and Ray workers, removed at the end: never the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="dtmem-test-cache-")
+os.environ["DTMEM_CACHE"] = _CACHE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache() -> Iterator[None]:
+    yield
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -22,7 +22,7 @@ SEED = 5
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DTMEM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DTMEM_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "metaworld-goals"
 
 
@@ -129,7 +129,7 @@ def test_a_corrupt_file_is_replaced_by_the_next_build(reach_tasks):
 def test_an_unwritable_cache_builds_as_before(tmp_path, monkeypatch, reach_tasks):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setenv("DTMEM_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("DTMEM_CACHE", str(blocker))
     assert goal_cache.save_goals("reach-v3", SEED, reach_tasks) is None
     env = _build_mt1("reach-v3", SEED)
     assert [t.data for t in env.get_wrapper_attr("tasks")] == [t.data for t in reach_tasks]
@@ -138,10 +138,10 @@ def test_an_unwritable_cache_builds_as_before(tmp_path, monkeypatch, reach_tasks
 
 
 def test_the_cache_follows_xdg_and_the_override(tmp_path, monkeypatch):
-    monkeypatch.delenv("DTMEM_CACHE_DIR")
+    monkeypatch.delenv("DTMEM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     path = goal_cache.goal_file("reach-v3", 2, "3.1.1")
     assert path == tmp_path / "xdg/dtmem/metaworld-goals/metaworld-3.1.1/reach-v3-seed2.json"
-    monkeypatch.setenv("DTMEM_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("DTMEM_CACHE", str(tmp_path / "mine"))
     path = goal_cache.goal_file("reach-v3", 2, "3.1.1")
     assert path == tmp_path / "mine/metaworld-goals/metaworld-3.1.1/reach-v3-seed2.json"

@@ -12,8 +12,8 @@ byte for byte the Task data metaworld made, and it records a SHA-256 of that dat
 the rebuilt data must hash the same, so a corrupt, edited or foreign file (another
 metaworld, another pickle protocol) is ignored and rewritten, never trusted.
 
-Where: ``$DTMEM_CACHE_DIR/metaworld-goals``, else ``($XDG_CACHE_HOME or ~/.cache)/dtmem/
-metaworld-goals``, one file per (metaworld version, task, seed). A cache that cannot be
+Where: ``metaworld-goals`` in dtmem's cache (``$DTMEM_CACHE``, else ``($XDG_CACHE_HOME or
+~/.cache)/dtmem``), one file per (metaworld version, task, seed). A cache that cannot be
 read or written costs only the sampling; it is never an error.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dtmem.fileio import write_json_atomic
+from dtmem.fileio import cache_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from metaworld.types import Task
@@ -45,12 +44,9 @@ _warned_unwritable = False
 
 
 def cache_root() -> Path:
-    """``$DTMEM_CACHE_DIR/metaworld-goals``, else ``($XDG_CACHE_HOME or ~/.cache)/dtmem/
-    metaworld-goals``."""
-    if override := os.environ.get("DTMEM_CACHE_DIR"):
-        return Path(override).expanduser() / "metaworld-goals"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "dtmem" / "metaworld-goals"
+    """``metaworld-goals`` in dtmem's cache (``dtmem.fileio.cache_dir``: ``$DTMEM_CACHE``,
+    else ``($XDG_CACHE_HOME or ~/.cache)/dtmem``)."""
+    return cache_dir() / "metaworld-goals"
 
 
 def _metaworld_version() -> str:

@@ -44,6 +44,7 @@ from torch import nn
 
 from dtmem.config.model import ModelConfig
 from dtmem.data.windows import StateStats, load_state_stats, save_state_stats
+from dtmem.fileio import cache_dir
 from dtmem.model.transformer import DecisionTransformer
 
 __all__ = [
@@ -377,7 +378,7 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu") -> Load
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("DTMEM_CACHE", Path.home() / ".cache" / "dtmem")) / "artifacts"
+    return cache_dir() / "artifacts"
 
 
 def resolve_model_dir(
@@ -390,8 +391,8 @@ def resolve_model_dir(
     - ``models:/<model_id>`` (a training run's logged model), ``runs:/<run_id>`` (that run's
       logged model; ``runs:/<run_id>/<artifact dir>`` a directory of its artifacts),
       ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (a registered version): the
-      files are downloaded once into ``cache_dir`` (default ``$DTMEM_CACHE`` or
-      ~/.cache/dtmem).
+      files are downloaded once into ``cache_dir`` (default ``dtmem.fileio.cache_dir()``:
+      ``$DTMEM_CACHE``, else ~/.cache/dtmem).
     """
     text = str(ref)
     if not text.startswith(("runs:/", "models:/")):
