@@ -4,14 +4,16 @@ against the ceiling, as ratios of pairs measured in turn in one run.
     pipeline  dtmem.evaluation on a warm pool (``open_pool``: the actors, their built model
               and envs kept between calls) of A Ray actors with E envs each; one call of
               ``pool.evaluate`` per repeat, A*E episodes of S steps (one unit per actor)
-    naive     naive_rollout in this process: one env, the whole window through ``model(...)``
-              every step
+    naive     naive_rollout in a process of its own, as a plain loop runs (glibc's default
+              allocator): one env, the whole window through ``model(...)`` every step. The
+              same loop in a process that keeps freed memory as the pool's workers do
+              (``dtmem.malloc``) is printed beside it, for context
     ceiling   the lower of the raw env rate (random actions, E envs) and the policy's batched
               forward rate (encode one step and run the forward the policy runs,
               ``forward_step`` on the full K-step window of E envs: all blocks, the last one
               only at the newest step), each summed over A probe actors measuring at the same
-              time (the pool's cores, under the same contention as the pool): no evaluation on
-              these cores can beat it
+              time (the pool's cores, under the same contention as the pool), keeping freed
+              memory as the pool does: no evaluation on these cores can beat it
     cold      ``evaluate()`` once, end to end: the pool started (actors, imports, model,
               envs), run and stopped, as one ``dtmem evaluate`` call does (context only)
 
@@ -29,17 +31,21 @@ import argparse
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.envs import make_env, step_randomly
 from dtmem.evaluation import ModelPayload, TaskRequest, evaluate, open_pool
+from dtmem.malloc import keep_freed_memory
 from dtmem.model import DecisionTransformer, build_model
 from dtmem.naive_rollout import naive_rollout
 from dtmem.ray_session import ray_session
 
 TARGET = 4000.0
+spawn = get_context("spawn")
 
 
 def small_model() -> tuple[DecisionTransformer, ModelConfig]:
@@ -50,6 +56,7 @@ def small_model() -> tuple[DecisionTransformer, ModelConfig]:
 
 def naive_rate(model: DecisionTransformer, task: str, steps: int) -> float:
     env = make_env("metaworld", task, 1)
+    naive_rollout(model, env, TARGET, num_episodes=1, max_steps=2)  # warm: first calls
     start = time.perf_counter()
     stats = naive_rollout(model, env, TARGET, num_episodes=1, max_steps=steps)
     rate = sum(s.length for s in stats) / (time.perf_counter() - start)
@@ -86,11 +93,29 @@ def forward_rate(model: DecisionTransformer, envs: int, calls: int) -> float:
     return envs * calls / (time.perf_counter() - start)
 
 
+_naive_model: DecisionTransformer | None = None
+
+
+def _naive_process(keep: bool) -> None:
+    """Initializer of a naive-loop process: one torch thread, the allocator as asked."""
+    global _naive_model
+    torch.set_num_threads(1)
+    if keep:
+        keep_freed_memory()
+    _naive_model = small_model()[0]
+
+
+def _naive_in_process(task: str, steps: int) -> float:
+    assert _naive_model is not None
+    return naive_rate(_naive_model, task, steps)
+
+
 class Probe:
     """What one core allows: the raw env rate and the policy's forward rate (a Ray actor)."""
 
     def __init__(self, payload: ModelPayload, task: str, envs: int) -> None:
         torch.set_num_threads(1)
+        keep_freed_memory()  # as the pool's workers do: the ceiling stays an upper bound
         self.model, self.task, self.envs = payload.build(), task, envs
 
     def rates(self, raw_steps: int, calls: int) -> tuple[float, float]:
@@ -115,7 +140,12 @@ def main() -> None:
     request = [TaskRequest("metaworld", args.task, A * E, steps, TARGET)]
 
     rows: list[tuple[float, float, float, float]] = []  # pipeline, naive, raw, forward
-    with ray_session(num_cpus=A) as ray:
+    kept: list[float] = []  # the naive loop with the workers' allocator setting (context)
+    naive_pools = [
+        ProcessPoolExecutor(1, spawn, initializer=_naive_process, initargs=(keep,))
+        for keep in (False, True)
+    ]
+    with ray_session(num_cpus=A) as ray, naive_pools[0] as plain, naive_pools[1] as keeping:
         t0 = time.perf_counter()
         cold = evaluate(payload, request, num_actors=A, envs_per_actor=E)
         cold_s = time.perf_counter() - t0
@@ -125,7 +155,8 @@ def main() -> None:
             pool.evaluate(request)  # warm: actors started, model built, envs made
             for _ in range(repeats):
                 warm = pool.evaluate(request)
-                naive = naive_rate(model, args.task, steps)
+                naive = plain.submit(_naive_in_process, args.task, steps).result()
+                kept.append(keeping.submit(_naive_in_process, args.task, steps).result())
                 probed = ray.get([p.rates.remote(max(10, steps // 2), max(5, steps // 5))
                                   for p in probes])  # fmt: skip
                 raw, fwd = (sum(r[i] for r in probed) for i in (0, 1))
@@ -144,6 +175,10 @@ def main() -> None:
         vs_ceiling.append(pipe / ceiling)
         print(f"{i:>6} {pipe:>9.1f} {nv:>7.1f} {raw:>8.1f} {fwd:>8.1f} "
               f"{pipe / nv:>8.2f} {pipe / ceiling:>9.3f}")  # fmt: skip
+    kept_median = statistics.median(kept)
+    print(f"naive loop keeping freed memory (dtmem.malloc, as the pool's workers do): "
+          f"{kept_median:.1f} steps/s, {kept_median / naive_median:.2f}x the plain naive loop; "
+          f"the pool is {statistics.median(r[0] for r in rows) / kept_median:.2f}x it")  # fmt: skip
     print(f"cold evaluate(): {cold.env_steps} steps in {cold_s:.1f} s = {cold.env_steps / cold_s:.1f}"
           f" steps/s, {cold.env_steps / cold_s / naive_median:.2f}x the naive loop (median)")  # fmt: skip
     print(f"BENCH eval_cold_vs_naive {cold.env_steps / cold_s / naive_median:.3f}")

@@ -8,7 +8,7 @@ the median over pairs of (DT-Mem / DT) / floor: 1.0 is the floor, the goal is <=
 
 Defaults: the spec's size (3 layers, d = d_m = 128, K = 20, batch 64), one torch thread and
 process CPU time, which stay meaningful when other jobs share the machine. Like every training
-process, the benchmark keeps freed memory for reuse (``dtmem.training.malloc``).
+process, the benchmark keeps freed memory for reuse (``dtmem.malloc``).
 
     python benchmarks/bench_memory.py                          # 64 and 1024 slots
     python benchmarks/bench_memory.py --slots 256 2048 --addressing initial --clock wall
@@ -28,7 +28,7 @@ import torch
 from dtmem.batch import Batch
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.model import build_model, dt_loss
-from dtmem.training.malloc import keep_freed_memory
+from dtmem.malloc import keep_freed_memory
 
 
 def floor_ratio(d: int, d_m: int, n: int, k: int, n_tok: int) -> float:
@@ -103,7 +103,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as every training process does (dtmem/training/malloc.py)
+    keep_freed_memory()  # as every training process does (dtmem/malloc.py)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     base = ModelConfig(

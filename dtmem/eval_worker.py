@@ -23,6 +23,7 @@ from dtmem.data.windows import StateStats
 from dtmem.dt_policy import DTPolicy, IncompatibleModelError
 from dtmem.envs import EnvCache, EnvSpec, VectorEnv, VectorStep, env_spec
 from dtmem.eval_tasks import TaskRequest, Unit, check_requests
+from dtmem.malloc import keep_freed_memory
 from dtmem.model import DecisionTransformer, ModelSpec
 from dtmem.rollout import EpisodeStart, EpisodeStats, Policy, run_episodes
 
@@ -162,6 +163,7 @@ class EvalWorker:
     ) -> None:
         self._threads = torch.get_num_threads()
         torch.set_num_threads(max(1, torch_threads))
+        keep_freed_memory()  # each step's forward reuses the last one's pages
         self.make_policy = payload.policy_maker(greedy=greedy)
         self.crash_marker = crash_marker
         self.envs = EnvCache(keep=2)

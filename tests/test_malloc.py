@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, sys
-from dtmem.training.malloc import keep_freed_memory
+from dtmem.malloc import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")

@@ -272,10 +272,10 @@ def run_worker(
     ``<run_dir>/final`` (rank 0).
     """
     from dtmem.training.hooks import default_hooks
-    from dtmem.training.malloc import keep_freed_memory
+    from dtmem.malloc import keep_freed_memory
 
     cfg, run_dir = job.cfg, Path(job.run_dir)
-    keep_freed_memory()  # the next step reuses this step's pages (malloc.py)
+    keep_freed_memory()  # the next step reuses this step's pages (dtmem/malloc.py)
     if ctx.on_ray:  # torch's threads match the CPUs Ray gave this worker (in-process: launch)
         torch.set_num_threads(max(1, round(cfg.scaling.cpus_per_worker)))
     t = _setup(job, ctx)

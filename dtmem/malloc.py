@@ -1,10 +1,12 @@
-"""Keep the memory a training step frees for the next step (glibc's malloc, CPU).
+"""Keep the memory a model call frees for the next call (glibc's malloc, CPU): training
+processes and evaluation workers set this once.
 
 A DT-Mem step allocates and frees tensors of 1 to 30 MB many times (the memory's (tokens x
 slots) scores, forward and backward). By default glibc serves blocks above a moving threshold
 with ``mmap`` and returns free memory at the top of the heap to the system, so every step
 faults the same pages in again: about 4 ms per 16 MB tensor, a tenth of a step with 1024 slots
-(``benchmarks/bench_memory.py``). Raising the mmap threshold to its maximum and the trim
+(``benchmarks/bench_memory.py``); an evaluation worker's forward of 8 windows faulted
+1,500-3,900 pages a call, 1.2-1.8x its time. Raising the mmap threshold to its maximum and the trim
 threshold well above a step's working set keeps those pages in the process, as a caching
 allocator would; the process holds its peak size, which it reaches every step anyway.
 """
