@@ -27,8 +27,8 @@ import torch
 
 from dtmem.batch import Batch
 from dtmem.config.model import MemoryConfig, ModelConfig
-from dtmem.model import build_model, dt_loss
 from dtmem.malloc import keep_freed_memory
+from dtmem.model import build_model, dt_loss
 
 
 def floor_ratio(d: int, d_m: int, n: int, k: int, n_tok: int) -> float:

@@ -271,8 +271,8 @@ def run_worker(
     Returns rank 0's final trainer state (step, loss history); exports the final model to
     ``<run_dir>/final`` (rank 0).
     """
-    from dtmem.training.hooks import default_hooks
     from dtmem.malloc import keep_freed_memory
+    from dtmem.training.hooks import default_hooks
 
     cfg, run_dir = job.cfg, Path(job.run_dir)
     keep_freed_memory()  # the next step reuses this step's pages (dtmem/malloc.py)
