@@ -53,6 +53,7 @@ from dtmem.eval_tasks import (
     mix_units,
     requests_from_config,
     resolve_metaworld_tasks,
+    split_by_task,
 )
 from dtmem.eval_worker import (
     CRASH_MARKER_ENV,
@@ -92,6 +93,7 @@ __all__ = [
     "plot_scores",
     "requests_from_config",
     "resolve_metaworld_tasks",
+    "split_by_task",
     "table_rows",
     "task_result",
 ]
@@ -128,9 +130,8 @@ class EvalPool:
             if result.key in seen:  # cannot happen: a unit is in flight at most once
                 raise EvaluationError(f"unit {result.key} finished twice")
             seen.add(result.key)
-            episodes = iter(result.episodes)  # in the order of the unit's parts
-            for part in unit.parts:
-                by_task[part.request.task].extend(next(episodes) for _ in range(part.count))
+            for task, episodes in split_by_task(unit, result.episodes):
+                by_task[task] += episodes
             if on_result is not None:
                 on_result(result)
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from dtmem.eval_tasks import split_by_task
 from dtmem.evaluation import (
     EvalWorker,
     MixedUnit,
@@ -21,6 +20,7 @@ from dtmem.evaluation import (
     make_units,
     mix_units,
     plan_units,
+    split_by_task,
 )
 from dtmem.model import build_model
 from dtmem.rollout import EpisodeStats, FunctionPolicy

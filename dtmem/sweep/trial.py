@@ -141,7 +141,6 @@ def evaluate_model(
     by side): per-task and mean return and success rate, and one row per episode."""
     import numpy as np
 
-    from dtmem.eval_tasks import split_by_task
     from dtmem.evaluation import (
         EvalWorker,
         ModelPayload,
@@ -149,6 +148,7 @@ def evaluate_model(
         check_requests,
         plan_units,
         resolve_metaworld_tasks,
+        split_by_task,
         task_result,
     )
     from dtmem.metrics import eval_metric
