@@ -170,6 +170,22 @@ def test_sequence_must_be_whole_steps() -> None:
         mem(torch.randn(1, 7, 11, dtype=torch.float64), mem.initial_state(1))
 
 
+@pytest.mark.parametrize("erase", ["slot", "channel"])
+def test_read_addressing_is_kept_only_when_recorded(erase: str) -> None:
+    """Training (``forward``) does not keep the read addressing; ``step`` does by default,
+    and what is read is the same either way."""
+    torch.manual_seed(4)
+    mem = make_memory(erase)
+    h = torch.randn(2, 4 * 3, 11, dtype=torch.float64)
+    kept = mem.step(h, mem.initial_state(2))
+    dropped = mem.step(h, mem.initial_state(2), record=False)
+    assert dropped.read is None and kept.read is not None
+    assert kept.read.shape == (2, 2, 12, 7)
+    torch.testing.assert_close(kept.read.sum(-1), torch.ones(2, 2, 12, dtype=torch.float64))
+    torch.testing.assert_close(dropped.out, kept.out, rtol=0, atol=0)
+    torch.testing.assert_close(mem(h, mem.initial_state(2))[0], kept.out, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("addressing", ["previous", "initial"])
 def test_gradients_match_finite_differences(addressing: str) -> None:
     torch.manual_seed(5)

@@ -102,13 +102,14 @@ class MemoryStep:
     out    (B, L, d)     the read, projected back to the model width
     state                the memory after the K writes
     write  (H, B, K, N)  w_t, the write addressing of each step (a record, no gradient)
-    read   (H, B, L, N)  the read addressing of each token over the slots of M_{t-1}
+    read   (H, B, L, N)  the read addressing of each token over the slots of M_{t-1}; None
+                         when the step was not asked to record it (``step(record=False)``)
     """
 
     out: torch.Tensor
     state: MemoryState
     write: torch.Tensor
-    read: torch.Tensor
+    read: torch.Tensor | None
 
 
 class WorkingMemory(nn.Module):
@@ -162,13 +163,18 @@ class WorkingMemory(nn.Module):
 
     def forward(self, h: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
         """h (B, L, d), L = K * n_tok -> (out (B, L, d), the state after the K writes)."""
-        step = self.step(h, state)
+        step = self.step(h, state, record=False)
         return step.out, step.state
 
     def step(
-        self, h: torch.Tensor, state: MemoryState, at: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        state: MemoryState,
+        at: torch.Tensor | None = None,
+        record: bool = True,
     ) -> MemoryStep:
-        """As ``forward``, with the write and read addressing of the window kept.
+        """As ``forward``, with the write and read addressing of the window kept (the read
+        addressing only if ``record``: it is the size of the step's largest tensor).
 
         ``at`` (B, q), token indices per sample: read only for those tokens (all K writes
         still run, from the step summaries); ``out`` is then (B, q, d) and ``read``
@@ -197,7 +203,7 @@ class WorkingMemory(nn.Module):
             if self.erase != "slot":
                 raise TypeError("a factored memory state needs erase='slot'")
             v, new_state, w, alpha = self._write_read_factored(
-                x, a, g.permute(2, 0, 1), y, state, None if at is None else at // n_tok
+                x, a, g.permute(2, 0, 1), y, state, None if at is None else at // n_tok, record
             )
         else:
             if self.erase != "channel":
@@ -206,6 +212,7 @@ class WorkingMemory(nn.Module):
             v, new_state, w, alpha = self._write_read_dense(x, a, g, y, state.memory)
             if at is not None:  # every token was read: keep those at ``at``
                 v, alpha = _head_rows(v, at), _head_rows(alpha, at)
+            alpha = alpha if record else None
         v = v.permute(1, 2, 0, 3).reshape(B, v.shape[2], self.width)  # (B, L or q, d_m)
         return MemoryStep(self.out(self.read_value(v)), new_state, w, alpha)
 
@@ -219,12 +226,14 @@ class WorkingMemory(nn.Module):
         y: torch.Tensor,
         state: FactoredMemory,
         read_steps: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor]:
+        record: bool = True,
+    ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor | None]:
         """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
         y (H, B, L, d_h) read keys (unscaled). Returns values (H, B, L, d_h), the new state, the
-        write addressing (H, B, K, N) and the read addressing (H, B, L, N).
+        write addressing (H, B, K, N) and the read addressing (H, B, L, N) (None unless
+        ``record``).
         ``read_steps`` (B, q): y holds q tokens per sample instead, of these steps; values
         and read addressing are then (H, B, q, ...).
         """
@@ -248,11 +257,12 @@ class WorkingMemory(nn.Module):
         scale = 1.0 / math.sqrt(d_h)
         if read_steps is None:
             visible = step_visible.repeat_interleave(L // K, dim=0)  # (L, S): may j read add s?
-            values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, scale)
+            values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, scale, record)
         else:  # q tokens per sample, each its own step: one token per "step" of ``read``
             q = read_steps.shape[1]
             decay = decays.gather(2, read_steps.expand(H, B, q).unsqueeze(-1).expand(-1, -1, -1, N))
-            values, alpha = read(y, m0, C_hat, adds, decay, step_visible[read_steps], scale)
+            visible = step_visible[read_steps]
+            values, alpha = read(y, m0, C_hat, adds, decay, visible, scale, record)
         new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
         return values, new_state, w, alpha
 

@@ -116,13 +116,18 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, state: MemoryState | None, at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MemoryState | None]:
-        x, step = self.step(x, state, at)
+        x, step = self.step(x, state, at, record=False)
         return x, step.state if step is not None else None
 
     def step(
-        self, x: torch.Tensor, state: MemoryState | None, at: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: MemoryState | None,
+        at: torch.Tensor | None = None,
+        record: bool = True,
     ) -> tuple[torch.Tensor, MemoryStep | None]:
-        """As ``forward``, with the memory's whole record (its addressing) kept.
+        """As ``forward``, with the memory's whole record (its addressing) kept, the read
+        addressing only if ``record``.
 
         ``at`` (B, q), token indices per sample: the output only at those tokens, (B, q, d).
         Attention and the memory's writes still see every token (keys, values and step
@@ -131,7 +136,7 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         step = None
         if self.memory is not None and self.ln_m is not None and state is not None:
-            step = self.memory.step(self.ln_m(x), state, at)
+            step = self.memory.step(self.ln_m(x), state, at, record)
         if at is not None:
             x = x.gather(1, at.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, q, d)
         if step is not None:
