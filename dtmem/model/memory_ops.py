@@ -175,10 +175,11 @@ class _Read(torch.autograd.Function):
         rows_f = rows.reshape(H * B, S, N)
         adds_f = adds.reshape(H * B, S, d_h)
         P = decay.unsqueeze(3)  # (H, B, K, 1, N): P_{t-1} for every token of step t
+        y = y * scale  # scaled keys: fewer elements than the scores
         ay = (y @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S): a_s . y_j, causal
-        z = torch.bmm(y.reshape(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
-        z.baddbmm_(ay.view(H * B, L, S), rows_f)  # M_0 . y_j + sum_s Ĉ_s (a_s . y_j)
-        z = z.view(H, B, K, n_tok, N).mul_(P * scale)  # M_{t-1} . y_j / sqrt(d_h)
+        z = torch.bmm(y.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
+        z.baddbmm_(ay.view(H * B, L, S), rows_f)  # raw: M_0 . y_j + sum_s Ĉ_s (a_s . y_j)
+        z = z.view(H, B, K, n_tok, N).mul_(P)  # z = P raw: M_{t-1} . y_j
         W = torch.softmax(z, dim=-1)
         alpha = W.clone() if record else None
         W.mul_(P)  # α P_{t-1}, in α's storage
@@ -199,7 +200,7 @@ class _Read(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         if g_values is None:
             return (None,) * 8
-        y, m0, rows, adds, decay, visible, ay, z, W, on = ctx.saved_tensors
+        y, m0, rows, adds, decay, visible, ay, z, W, on = ctx.saved_tensors  # y scaled
         H, B, L, d_h = y.shape
         N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
         n_tok = L // K
@@ -215,26 +216,34 @@ class _Read(torch.autograd.Function):
         g_rows = torch.bmm(g_on.view(H * B, L, S).transpose(1, 2), W.view(H * B, L, N))
         gW = torch.bmm(gV.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
         gW.baddbmm_(g_on.view(H * B, L, S), rows_f)
-        # W = α P, α = softmax(z), z = s P raw (s = scale), all in gW's storage u. With
-        # gα = gW P: α gα = W gW = u, gz = α (gα - <gα, α>) = u - (W / P) <u, 1>, and
-        # g_raw = s P gz = s (u P - W <u, 1>)
+        # W = α P, α = softmax(z), z = P raw, in gW's storage u. With gα = gW P:
+        # α gα = W gW = u, gz = α (gα - <gα, α>) = u - (W / P) <u, 1>, g_raw = P gz
         u = gW.view(H, B, K, n_tok, N).mul_(W)
         g_decay = _sum_tokens(u)  # through W: sum_j gW α = sum_j u / P, divided below
         dot = u.sum(-1, keepdim=True)  # <gα, α>, (H, B, K, n_tok, 1)
-        sP = P * ctx.scale
-        u.mul_(sP).addcmul_(W, dot.mul_(ctx.scale), value=-1.0)  # g_raw
-        # through z: sum_j gz raw = sum_j g_raw z / (s P^2)
-        g_decay.add_(_sum_tokens(torch.mul(u, z)).div_(sP.squeeze(3))).div_(decay)
+        u.mul_(P).addcmul_(W, dot, value=-1.0)  # g_raw
+        # through z: sum_j gz raw = sum_j g_raw z / P^2
+        g_decay.add_(_sum_token_products(u, z).div_(decay)).div_(decay)
         g_raw = gW  # (H * B, L, N)
         # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
         g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
         g_rows.baddbmm_(ay.view(H * B, L, S).transpose(1, 2), g_raw)
-        g_m0.baddbmm_(y.reshape(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N))
-        g_y = torch.bmm(g_raw.view(H, B * L, N), m0).view(H, B, L, d_h)
-        g_y += g_ay @ adds
+        g_m0.baddbmm_(y.view(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N))
+        g_y = torch.bmm(g_raw.view(H, B * L, N), m0).view(H * B, L, d_h)
+        g_y.baddbmm_(g_ay.view(H * B, L, S), adds.reshape(H * B, S, d_h))
         g_adds += g_ay.transpose(2, 3) @ y
+        g_y = g_y.view(H, B, L, d_h).mul_(ctx.scale)  # y was scaled
         g_m0 = g_m0.transpose(1, 2)
         return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None, None, None
+
+
+def _sum_token_products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_j x_j y_j over each step's tokens, (H, B, K, n_tok, N) -> (H, B, K, N), without
+    a temporary of the inputs' size."""
+    out = torch.mul(x[:, :, :, 0], y[:, :, :, 0])
+    for i in range(1, x.shape[3]):
+        out.addcmul_(x[:, :, :, i], y[:, :, :, i])
+    return out
 
 
 def _sum_tokens(x: torch.Tensor) -> torch.Tensor:
