@@ -8,14 +8,19 @@ Errors: anything the user can cause and fix (a bad file or field, an unreachable
 server or Ray cluster, a full disk, an unknown model reference) ends in one line
 ``error: ...`` and exit code 2; a crash of dtmem itself prints one line saying where the
 full traceback was written, exit code 1 (``dtmem.errors``). ``DTMEM_DEBUG=1`` lets every
-traceback through instead.
+traceback through instead. Ctrl-C and SIGTERM (``ray job stop``, ``kill``, a pod being
+stopped) end the stage as an interruption: its MLflow runs end KILLED, not left RUNNING, and
+the exit code is 130 or 143.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -57,13 +62,40 @@ def _debug() -> bool:
     return os.environ.get("DTMEM_DEBUG", "") not in ("", "0", "false")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the stage runs so that it unwinds as from Ctrl-C: every
+    ``start_run`` ends its run KILLED, pools and Ray are closed, temporary files removed."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in the main thread while the block runs."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(fn: Callable[[], T]) -> T:
     """Runs a stage: a user's error becomes one line and exit code 2, a crash one line naming
-    the file that holds its traceback and exit code 1, Ctrl-C exit code 130."""
+    the file that holds its traceback and exit code 1, Ctrl-C exit code 130, SIGTERM 143."""
     try:
-        return fn()
+        with _sigterm_interrupts():
+            return fn()
     except (typer.Exit, typer.Abort):
         raise
+    except Terminated:
+        typer.echo("terminated", err=True)
+        raise typer.Exit(143) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

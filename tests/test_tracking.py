@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
+import typer
 
 from dtmem import metrics as M
 from dtmem.config.data import DataConfig, DatasetSpec
@@ -258,3 +262,25 @@ def test_model_references_cannot_leave_the_run(store, ref) -> None:
         resolve_artifact_ref(ref.format(id=run.run_id), run.uri, "checkpoint")
     assert "\n" not in str(err.value)
     assert "leaves the run" in str(err.value) or "not a run id" in str(err.value)
+
+
+def test_sigterm_ends_a_guarded_stage_killed_with_exit_143(store, capsys) -> None:
+    """``ray job stop``, ``kill`` or a pod's stop: the stage unwinds as from Ctrl-C, its run
+    ends KILLED (not left RUNNING), the exit code is 143, and SIGTERM's handler is restored."""
+    from dtmem.cli import guarded
+
+    before = signal.getsignal(signal.SIGTERM)
+    runs = []
+
+    def stage() -> None:
+        with start_run(store, stage="pretrain") as run:
+            runs.append(run)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # interrupted by the signal at once
+
+    with pytest.raises(typer.Exit) as exit_:
+        guarded(stage)
+    assert exit_.value.exit_code == 143
+    assert capsys.readouterr().err.strip() == "terminated"
+    assert runs[0].client.get_run(runs[0].run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is before
