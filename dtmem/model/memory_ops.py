@@ -273,8 +273,8 @@ def read(
         α_j   = softmax_i( scale P_{t-1}[i] ( M_0[i] . y_j + sum_{s<t} Ĉ_s[i] (a_s . y_j) ) )
         v_j   = (α_j P_{t-1}) M_0 + sum_{s<t} ((α_j P_{t-1}) . Ĉ_s) a_s
 
-    y (H, B, L, d_h) read keys (``scale``, 1 / sqrt(d_h), is applied to the scores, which
-    costs nothing there, instead of to y); m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
+    y (H, B, L, d_h) read keys, unscaled (``scale``, 1 / sqrt(d_h), is applied inside, to y:
+    fewer elements than the scores); m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
     (H, B, S, d_h); decay P_{t-1} (H, B, K, N); visible (L, S), 1 where token j may read add s.
     Returns v (H, B, L, d_h) and α (H, B, L, N) (not differentiable: a record, for probes),
     or None for α when ``record`` is False: training does not keep it, and the copy is one
