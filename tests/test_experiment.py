@@ -205,12 +205,12 @@ TASKS = ("reach-v3", "push-v3", "pick-place-v3", "bin-picking-v3")
 _TRAIN = ["optim.warmup_steps=2", "log_every=5", "scaling.num_workers=1", "progress=false"]
 
 
-def _tiny(ids: list[str]) -> list[str]:
+def _tiny(ids: list[str], pretrain_steps: int = 10) -> list[str]:
     """quickstart.yaml on synthetic data: one arm, tiny budgets, two evaluations."""
     arm = {
         "pretrain": {
             "config": "../configs/smoke/pretrain.yaml",
-            "overrides": ["optim.max_steps=10", "checkpoint.every_steps=5", *_TRAIN],
+            "overrides": [f"optim.max_steps={pretrain_steps}", "checkpoint.every_steps=5", *_TRAIN],
         }
     }
     return [
@@ -344,3 +344,59 @@ def test_tiny_study_fails_resumes_caches_and_reruns_an_altered_checkpoint(
         if r.info.status == "FINISHED"
     ]
     assert [r.info.run_id for r in finished] == [third.outcomes[SMOKE].run_id]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_terminated_study_ends_its_runs_killed_not_running(
+    ray_session, store, tmp_path, monkeypatch
+) -> None:
+    """SIGTERM (``ray job stop``, ``kill``) mid-training: the node's stage is cancelled and
+    its run ends KILLED, then the parent run; nothing is left RUNNING, and it is prompt."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from dtmem.cli import Terminated, _sigterm_interrupts
+    from dtmem.data.synthetic import write_metaworld_like
+    from dtmem.experiment.runner import STOP_GRACE_S, run_experiment
+
+    root = tmp_path / "datasets"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    ids = [f"dtmem/smoke/{t}-expert-v0" for t in TASKS]
+    for task, dataset_id in zip(TASKS, ids, strict=True):
+        write_metaworld_like(root, dataset_id, task, episodes=4, steps=60)
+    plan = build_plan(QUICKSTART, _tiny(ids, pretrain_steps=1_000_000))
+    client = MlflowClient(store)
+    sent: list[float] = []
+
+    def terminate_once_training() -> None:  # SIGTERM once the pretraining has logged a loss
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline:
+            exp = client.get_experiment_by_name("dtmem-quickstart")
+            runs = _node_runs(client, exp.experiment_id, SMOKE) if exp else []
+            if runs and "train/loss" in runs[0].data.metrics:
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.5)
+
+    said: list[str] = []
+    watcher = threading.Thread(target=terminate_once_training, daemon=True)
+    with _sigterm_interrupts(), pytest.raises(Terminated):
+        watcher.start()
+        run_experiment(plan, say=said.append)
+    stopped = time.monotonic()
+    watcher.join()
+    assert sent and stopped - sent[0] < STOP_GRACE_S  # the stage unwound, it was not killed
+    assert f"interrupted: stopping 1 running node(s): {SMOKE}" in said
+    exp = client.get_experiment_by_name("dtmem-quickstart")
+    (pre,) = _node_runs(client, exp.experiment_id, SMOKE)
+    assert pre.info.status == "KILLED"
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_STAGE}` = 'experiment'")
+    assert parent.info.status == "KILLED"
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert "RUNNING" not in statuses

@@ -11,6 +11,10 @@ downstream nodes; every other branch finishes.
 Clean up: record each node's outputs on its run as it ends (so a SIGKILL of the driver
 loses only the nodes in flight), keep ``nodes.json`` current on the parent run, build the
 report, end the parent FAILED if any node failed, and list the failures.
+Interrupted (Ctrl-C, or SIGTERM through ``dtmem.cli.guarded``): the nodes in flight are
+cancelled (their stages unwind as from Ctrl-C and end their runs KILLED; a stage that does
+not stop within ``STOP_GRACE_S`` has its process killed and its run ended KILLED here), then
+the parent run ends KILLED. Nothing finished is lost: a rerun resumes as after a crash.
 
 Each node's run is the stage's own MLflow run, created as a child of the parent run with
 the lineage tags of ``dtmem.experiment``. Training nodes are named after their key
@@ -44,6 +48,8 @@ from dtmem.experiment.dag import Node, Plan
 from dtmem.experiment.stages import _timed_execute, bind
 
 __all__ = ["NodeOutcome", "RunResult", "fit_resources", "run_experiment"]
+
+STOP_GRACE_S = 20.0  # an interrupted node's stage gets this long to unwind, then is killed
 
 
 @dataclass
@@ -108,6 +114,7 @@ class _Context:
     outcomes: dict[str, NodeOutcome]
     say: Callable[[str], None]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: dict[str, Any] = field(default_factory=dict)  # node name -> its Ray task
 
     def publish(self) -> None:
         """nodes.json on the parent run: what ``experiment status`` shows for this run."""
@@ -151,8 +158,11 @@ def _run_node(ctx: _Context, node: Node, found: Lookup) -> NodeOutcome:
     env = forwarded()  # the tests' fault switches reach the node's process (none otherwise)
     options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     task = ray.remote(num_cpus=0, max_retries=0)(_timed_execute).options(**options)
+    ref = task.remote(node, cfg, tracking, ctx.root)
+    with ctx.lock:
+        ctx.in_flight[node.name] = ref
     try:
-        run_id, outputs, stage_s = ray.get(task.remote(node, cfg, tracking, ctx.root))
+        run_id, outputs, stage_s = ray.get(ref)
     except Exception as exc:  # the node failed: its downstream is skipped, others go on
         cause = getattr(exc, "cause", None) or exc
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
@@ -162,6 +172,9 @@ def _run_node(ctx: _Context, node: Node, found: Lookup) -> NodeOutcome:
             error=f"{type(cause).__name__}: {text}",
             wall_s=time.perf_counter() - t0,
         )
+    finally:
+        with ctx.lock:
+            ctx.in_flight.pop(node.name, None)
     record_outputs(ctx.client, run_id, outputs)
     if replaces == run_id:  # a training node resumed its own run: it replaces nothing
         ctx.client.delete_tag(run_id, TAG_REPLACES)
@@ -196,54 +209,93 @@ def _schedule(ctx: _Context, capacity: Callable[[], dict[str, float]], max_paral
         ctx.publish()
 
     with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="node") as pool:
-        while pending or running:
-            started = False
-            for name in list(pending):
-                node = plan.nodes[name]
-                ups = [ctx.outcomes.get(u) for u in node.upstream]
-                if any(u is not None and u.state in ("failed", "skipped") for u in ups):
-                    pending.remove(name)
-                    bad = next(
-                        u.name for u in ups if u is not None and u.state in ("failed", "skipped")
-                    )
-                    finish(NodeOutcome(name, "skipped", error=f"upstream {bad} did not finish"))
-                    continue
-                if any(u is None for u in ups):
-                    continue  # an upstream node is pending or running
-                t0 = time.perf_counter()
-                found = lookup(ctx.client, ctx.experiment_id, node.key, _stage_tag(node))
-                if found.hit is not None:
-                    pending.remove(name)
-                    finish(
-                        NodeOutcome(
-                            name,
-                            "cached",
-                            found.hit.info.run_id,
-                            outputs=found.outputs,
-                            overhead_s=time.perf_counter() - t0,
+        try:
+            while pending or running:
+                started = False
+                for name in list(pending):
+                    node = plan.nodes[name]
+                    ups = [ctx.outcomes.get(u) for u in node.upstream]
+                    if any(u is not None and u.state in ("failed", "skipped") for u in ups):
+                        pending.remove(name)
+                        bad = next(
+                            u.name
+                            for u in ups
+                            if u is not None and u.state in ("failed", "skipped")
                         )
-                    )
+                        finish(NodeOutcome(name, "skipped", error=f"upstream {bad} did not finish"))
+                        continue
+                    if any(u is None for u in ups):
+                        continue  # an upstream node is pending or running
+                    t0 = time.perf_counter()
+                    found = lookup(ctx.client, ctx.experiment_id, node.key, _stage_tag(node))
+                    if found.hit is not None:
+                        pending.remove(name)
+                        finish(
+                            NodeOutcome(
+                                name,
+                                "cached",
+                                found.hit.info.run_id,
+                                outputs=found.outputs,
+                                overhead_s=time.perf_counter() - t0,
+                            )
+                        )
+                        continue
+                    need = fit_resources(dict(node.resources), capacity())
+                    if running and (
+                        len(running) >= max_parallel or not _fits(need, used, capacity())
+                    ):
+                        continue
+                    pending.remove(name)
+                    for k, v in need.items():
+                        used[k] = used.get(k, 0.0) + v
+                    ctx.say(f"        start   {name} ({_fmt_resources(need)}; {found.reason})")
+                    fut = pool.submit(_run_node, ctx, node, found)
+                    running[fut] = (name, need)
+                    started = True
+                if not running:
+                    if pending and not started:  # cannot happen: every ask fits an idle cluster
+                        raise RuntimeError(f"scheduler stalled with {pending} pending")
                     continue
-                need = fit_resources(dict(node.resources), capacity())
-                if running and (len(running) >= max_parallel or not _fits(need, used, capacity())):
-                    continue
-                pending.remove(name)
-                for k, v in need.items():
-                    used[k] = used.get(k, 0.0) + v
-                ctx.say(f"        start   {name} ({_fmt_resources(need)}; {found.reason})")
-                fut = pool.submit(_run_node, ctx, node, found)
-                running[fut] = (name, need)
-                started = True
-            if not running:
-                if pending and not started:  # cannot happen: every ask fits an idle cluster
-                    raise RuntimeError(f"scheduler stalled with {pending} pending")
-                continue
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                name, need = running.pop(fut)
-                for k, v in need.items():
-                    used[k] -= v
-                finish(fut.result())
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name, need = running.pop(fut)
+                    for k, v in need.items():
+                        used[k] -= v
+                    finish(fut.result())
+
+        except KeyboardInterrupt:
+            _stop_in_flight(ctx, list(running))
+            raise
+
+
+def _stop_in_flight(ctx: _Context, futures: list[Future[NodeOutcome]]) -> None:
+    """Cancel the nodes' Ray tasks (KeyboardInterrupt in each stage: its run ends KILLED),
+    kill those that do not stop within ``STOP_GRACE_S``, and end any run of theirs left
+    RUNNING as KILLED."""
+    import ray
+
+    from dtmem.experiment import TAG_NODE_KEY
+
+    with ctx.lock:
+        names, refs = list(ctx.in_flight), list(ctx.in_flight.values())
+    if not refs:
+        return
+    ctx.say(f"interrupted: stopping {len(refs)} running node(s): {', '.join(names)}")
+    for ref in refs:
+        ray.cancel(ref)
+    if wait(futures, timeout=STOP_GRACE_S).not_done:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        wait(futures, timeout=STOP_GRACE_S)
+    if ctx.experiment_id is None:
+        return
+    for name in names:
+        key = ctx.plan.nodes[name].key
+        for run in ctx.client.search_runs(
+            [ctx.experiment_id],
+            f"tags.`{TAG_NODE_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+        ):
+            ctx.client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _stage_tag(node: Node) -> str:
