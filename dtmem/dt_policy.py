@@ -113,9 +113,10 @@ class DTPolicy:
     Keeps, per env, the last K steps as the model's inputs: observation *tokens* (each frame
     is encoded once, when it arrives, with ``model.encode_observations``), return-to-go,
     action, reward and timestep. Each ``act`` encodes only the new observations and runs
-    ``model.forward_step`` once on the windows of all active envs together (twice with
-    expert-return sampling: once for the return head, once for the action); it computes only
-    the predictions of each window's newest step. ``state_stats``:
+    ``model.forward_step`` once on the windows of all active envs together; it computes only
+    the predictions of each window's newest step. With expert-return sampling the return head
+    comes first, then the action for the sampled return: ``model.forward_return_token`` runs
+    only that changed token through the blocks, against what the first call kept. ``state_stats``:
     the training data's state statistics when it standardised vector states (None: raw).
     Puts the model in eval mode.
     """
@@ -216,7 +217,7 @@ class DTPolicy:
         self.returns_to_go[r, p] = self._fixed_condition(rows).to(self.returns_to_go.dtype)
         L = int(self.length[rows].max())  # the longest window among them; the rest is padding
         if expert.any():
-            out = self._forward(r, p, L)
+            out = self._forward(r, p, L, keep=True)
             assert out.return_logits is not None
             floor = torch.as_tensor(self.floor[rows], device=self.device)
             sampled = sample_expert_return(
@@ -229,7 +230,14 @@ class DTPolicy:
             )
             e = torch.as_tensor(expert, device=self.device)
             self.returns_to_go[r, p] = torch.where(e, sampled, self.returns_to_go[r, p])
-        out = self._forward(r, p, L)
+            if out.cache is not None:  # only the return token changed: run that token only
+                out = self.model.forward_return_token(
+                    out.cache, self.returns_to_go[r, p], self.timesteps[r, p]
+                )
+            else:
+                out = self._forward(r, p, L)
+        else:
+            out = self._forward(r, p, L)
         logits = out.action[:, 0]  # (B, A) logits or (B, act_dim)
         if self.spec.action_kind == "discrete":
             chosen = sample_action(
@@ -256,7 +264,7 @@ class DTPolicy:
             return return_bins(remaining, self.spec.return_min, self.spec.return_bins)
         return (remaining / self.spec.return_scale).float()
 
-    def _forward(self, r: torch.Tensor, p: torch.Tensor, L: int) -> DTOutput:
+    def _forward(self, r: torch.Tensor, p: torch.Tensor, L: int, keep: bool = False) -> DTOutput:
         """The model's predictions for step p (B,) of rows ``r`` of the context, from its
         first L steps (B, L, ...): ``forward_step``, the full window's predictions there up to
         float rounding (steps after p are padding, which the causal model never reads for
@@ -270,6 +278,7 @@ class DTPolicy:
                 self.rewards[:, :L],
                 self.timesteps[:, :L],
                 p,
+                keep=keep,
             )
         return self.model.forward_step(
             self.obs_tokens[r, :L],
@@ -278,6 +287,7 @@ class DTPolicy:
             self.rewards[r, :L],
             self.timesteps[r, :L],
             p,
+            keep=keep,
         )
 
     def observe(self, rewards: np.ndarray) -> None:

@@ -211,9 +211,9 @@ def test_policy_acts_as_on_the_full_forward(memory, kind, monkeypatch):
     fast = model.forward_step
     checked: list[int] = []
 
-    def checking(*inputs: torch.Tensor) -> DTOutput:
+    def checking(*inputs: torch.Tensor, keep: bool = False) -> DTOutput:
         window, step = inputs[:5], inputs[5]
-        got = fast(*inputs)
+        got = fast(*inputs, keep=keep)
         _assert_same(got, _at(model.forward_tokens(*window), step))
         checked.append(int(step.max()))
         return got
@@ -222,9 +222,36 @@ def test_policy_acts_as_on_the_full_forward(memory, kind, monkeypatch):
     got = _run(model, kind == "continuous", target)
     assert max(checked) == 5 and min(checked) == 0  # short windows, then full sliding ones
 
-    monkeypatch.setattr(model, "forward_step", lambda *a: _at(model.forward_tokens(*a[:5]), a[5]))
+    full = lambda *a, keep=False: _at(model.forward_tokens(*a[:5]), a[5])  # noqa: E731
+    monkeypatch.setattr(model, "forward_step", full)  # no cache: two full forwards
     want = _run(model, kind == "continuous", target)
     assert len(got) == len(want) > 20
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
     assert len(np.unique(np.round(np.concatenate(want), 3))) > 2  # the actions vary
+
+
+@pytest.mark.parametrize("memory", ["previous", "initial", "plain"])
+@pytest.mark.parametrize("encoder", ["vector", "patch"])
+def test_return_token_alone_is_the_forward_with_the_new_return(memory, encoder):
+    """Expert-return sampling changes only the return at the predicted step: the action from
+    that one token through the blocks (``forward_return_token``) equals ``forward_step`` on the
+    changed windows; with the channel erase there is no cache to use."""
+    model = _model(memory, "atari", 9, encoder=encoder)
+    n_obs = model.n_obs_tokens
+    inputs = _window(model, 5, 9, n_obs)
+    step = torch.tensor([0, 8, 2, 7, 3])
+    rtg, ts = inputs[1].clone(), inputs[4]
+    b = torch.arange(5)
+    rtg[b, step] = (rtg[b, step] + 17) % model.spec.return_bins  # a new return at each step
+    with torch.no_grad():
+        first = model.forward_step(*inputs, step, keep=True)
+        assert first.cache is not None
+        got = model.forward_return_token(first.cache, rtg[b, step], ts[b, step])
+        want = model.forward_step(inputs[0], rtg, *inputs[2:], step)
+    torch.testing.assert_close(got.action, want.action, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got.action, first.action, atol=1e-3)  # the return matters
+    assert (
+        _model("channel", "atari", 9).forward_step(*_window(model, 2, 9), step[:2], keep=True).cache
+        is None
+    )

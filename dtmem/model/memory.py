@@ -104,12 +104,15 @@ class MemoryStep:
     write  (H, B, K, N)  w_t, the write addressing of each step (a record, no gradient)
     read   (H, B, L, N)  the read addressing of each token over the slots of M_{t-1}; None
                          when the step was not asked to record it (``step(record=False)``)
+    decays (H, B, K+1, N) P before and after each write (the factored memory; else None):
+                         with ``state`` what ``read_at`` needs to read at any step again
     """
 
     out: torch.Tensor
     state: MemoryState
     write: torch.Tensor
     read: torch.Tensor | None
+    decays: torch.Tensor | None = None
 
 
 class WorkingMemory(nn.Module):
@@ -199,10 +202,11 @@ class WorkingMemory(nn.Module):
         h_read = h if at is None or not factored else _rows(h, at)  # (B, L or q, d)
         y = self._split(self.read_key(self.read_query(h_read)))  # (H, B, L or q, d_h), unscaled
         new_state: MemoryState
+        decays = None
         if isinstance(state, FactoredMemory):
             if self.erase != "slot":
                 raise TypeError("a factored memory state needs erase='slot'")
-            v, new_state, w, alpha = self._write_read_factored(
+            v, new_state, w, alpha, decays = self._write_read_factored(
                 x, a, g.permute(2, 0, 1), y, state, None if at is None else at // n_tok, record
             )
         else:
@@ -213,8 +217,25 @@ class WorkingMemory(nn.Module):
             if at is not None:  # every token was read: keep those at ``at``
                 v, alpha = _head_rows(v, at), _head_rows(alpha, at)
             alpha = alpha if record else None
-        v = v.permute(1, 2, 0, 3).reshape(B, v.shape[2], self.width)  # (B, L or q, d_m)
-        return MemoryStep(self.out(self.read_value(v)), new_state, w, alpha)
+        return MemoryStep(self._project(v), new_state, w, alpha, decays)
+
+    def read_at(self, h: torch.Tensor, window: MemoryStep, steps: torch.Tensor) -> torch.Tensor:
+        """One token per sample, h (B, 1, d), of step ``steps`` (B,), read again against the
+        memory that ``window`` (this memory's ``step`` on the whole window, from the initial
+        state, factored) wrote: out (B, 1, d), what ``step(..., at=...)`` gives for a token
+        whose own input changed while no earlier token's did (its step reads M_{t-1})."""
+        if window.decays is None or not isinstance(window.state, FactoredMemory):
+            raise TypeError("read_at needs the record of a factored memory (erase='slot')")
+        rows, adds = window.state.rows, window.state.adds
+        K = window.decays.shape[2] - 1
+        y = self._split(self.read_key(self.read_query(h)))  # (H, B, 1, d_h)
+        v, _ = self._read_steps(y, rows, adds, window.decays, steps[:, None], K, False)
+        return self._project(v)
+
+    def _project(self, v: torch.Tensor) -> torch.Tensor:
+        """Values per head (H, B, T, d_h) -> the read in the model's width (B, T, d)."""
+        v = v.permute(1, 2, 0, 3).reshape(v.shape[1], v.shape[2], self.width)
+        return self.out(self.read_value(v))
 
     # --- the unrolled form (erase="slot") --------------------------------------------------
 
@@ -227,13 +248,13 @@ class WorkingMemory(nn.Module):
         state: FactoredMemory,
         read_steps: torch.Tensor | None = None,
         record: bool = True,
-    ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, FactoredMemory, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Writes K steps, then reads for every token, through M = P (M_0 + Ĉ^T A).
 
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
         y (H, B, L, d_h) read keys (unscaled). Returns values (H, B, L, d_h), the new state, the
-        write addressing (H, B, K, N) and the read addressing (H, B, L, N) (None unless
-        ``record``).
+        write addressing (H, B, K, N), the read addressing (H, B, L, N) (None unless
+        ``record``) and P before and after each write (H, B, K + 1, N).
         ``read_steps`` (B, q): y holds q tokens per sample instead, of these steps; values
         and read addressing are then (H, B, q, ...).
         """
@@ -253,18 +274,38 @@ class WorkingMemory(nn.Module):
             C_hat, decays, w = write_previous(s0_write, ax, g, state.decay, state.rows)
 
         # Read: every token of step t sees M_{t-1}, with the adds of steps < t (causal).
-        step_visible = torch.cat([self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1)
-        scale = 1.0 / math.sqrt(d_h)
         if read_steps is None:
+            step_visible = self._step_visible(K, S0)
             visible = step_visible.repeat_interleave(L // K, dim=0)  # (L, S): may j read add s?
+            scale = 1.0 / math.sqrt(d_h)
             values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, scale, record)
-        else:  # q tokens per sample, each its own step: one token per "step" of ``read``
-            q = read_steps.shape[1]
-            decay = decays.gather(2, read_steps.expand(H, B, q).unsqueeze(-1).expand(-1, -1, -1, N))
-            visible = step_visible[read_steps]
-            values, alpha = read(y, m0, C_hat, adds, decay, visible, scale, record)
+        else:
+            values, alpha = self._read_steps(y, C_hat, adds, decays, read_steps, K, record)
         new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
-        return values, new_state, w, alpha
+        return values, new_state, w, alpha, decays
+
+    def _step_visible(self, K: int, S0: int) -> torch.Tensor:
+        """(K, S0 + K): may a token of step t read add s (the state's S0 adds, then steps < t)."""
+        return torch.cat([self.causal.new_ones(K, S0), self.causal[:K, :K]], dim=1)
+
+    def _read_steps(
+        self,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        adds: torch.Tensor,
+        decays: torch.Tensor,
+        read_steps: torch.Tensor,
+        K: int,
+        record: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q tokens per sample, y (H, B, q, d_h), each of its own step ``read_steps`` (B, q)
+        of a K-step window: each is one "step" of ``read``."""
+        H, B, q = y.shape[0], y.shape[1], read_steps.shape[1]
+        N = decays.shape[-1]
+        decay = decays.gather(2, read_steps.expand(H, B, q).unsqueeze(-1).expand(-1, -1, -1, N))
+        visible = self._step_visible(K, rows.shape[2] - K)[read_steps]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        return read(y, self._heads_of_memory(), rows, adds, decay, visible, scale, record)
 
     # --- the step-by-step form (erase="channel") -------------------------------------------
 

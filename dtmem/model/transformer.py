@@ -18,7 +18,7 @@ starts from the learned initial memory M_0, in training and in evaluation alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -60,12 +60,26 @@ class DTOutput:
     return_logits: (B, K, 120) or None (no Atari heads)
     reward_logits: (B, K, 4) or None
     memory:        each block's memory state after the window (empty for a plain DT)
+    cache:         from ``forward_step(keep=True)``: what ``forward_return_token`` needs
     """
 
     action: torch.Tensor
     return_logits: torch.Tensor | None
     reward_logits: torch.Tensor | None
     memory: tuple[MemoryState, ...]
+    cache: StepCache | None = None
+
+
+@dataclass(frozen=True)
+class StepCache:
+    """What ``forward_step`` computed that a new return at its step leaves unchanged: per
+    block, the attention's keys and values (B, n_head, L, hs) and the memory's record of the
+    window (None in a plain DT); ``step`` (B,), the step it predicted for."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    memory: tuple[MemoryStep | None, ...]
+    step: torch.Tensor
 
 
 class CausalSelfAttention(nn.Module):
@@ -77,15 +91,39 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_kv(x)[0]
+
+    def forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``forward``, with the keys and values (B, nh, T, hs)."""
         B, T, C = x.size()
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k, v = self._heads(x)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_drop(self.proj(y))
+        return self.resid_drop(self.proj(y)), k, v
+
+    def attend_one(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor
+    ) -> torch.Tensor:
+        """One token per sample, x (B, 1, C), at index ``at`` (B,) of a sequence whose other
+        keys and values (B, nh, L, hs) are known: the attention output there (B, 1, C)."""
+        B, _, C = x.size()
+        q, k, v = self._heads(x)
+        rows = torch.arange(B, device=x.device)
+        keys, values = keys.clone(), values.clone()
+        keys[rows, :, at], values[rows, :, at] = k[:, :, 0], v[:, :, 0]
+        seen = torch.arange(keys.shape[2], device=x.device) <= at[:, None]  # causal, (B, L)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen[:, None, None, :])
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, 1, C)))
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C = x.size()
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            for t in self.qkv(x).split(C, dim=2)
+        )
+        return q, k, v
 
 
 class MLP(nn.Module):
@@ -133,7 +171,19 @@ class Block(nn.Module):
         Attention and the memory's writes still see every token (keys, values and step
         summaries); the memory read and the MLP run only for ``at``.
         """
-        x = x + self.attn(self.ln_1(x))
+        x, step, _ = self.step_kv(x, state, at, record)
+        return x, step
+
+    def step_kv(
+        self,
+        x: torch.Tensor,
+        state: MemoryState | None,
+        at: torch.Tensor | None = None,
+        record: bool = False,
+    ) -> tuple[torch.Tensor, MemoryStep | None, tuple[torch.Tensor, torch.Tensor]]:
+        """As ``step``, with the attention's keys and values (for ``return_token``)."""
+        a, k, v = self.attn.forward_kv(self.ln_1(x))
+        x = x + a
         step = None
         if self.memory is not None and self.ln_m is not None and state is not None:
             step = self.memory.step(self.ln_m(x), state, at, record)
@@ -142,7 +192,23 @@ class Block(nn.Module):
         if step is not None:
             x = x + step.out
         x = x + self.mlp(self.ln_2(x))
-        return x, step
+        return x, step, (k, v)
+
+    def return_token(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        memory: MemoryStep | None,
+        at: torch.Tensor,
+        steps: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token per sample, x (B, 1, d), at index ``at`` of step ``steps`` (B,), when no
+        earlier token changed since ``step_kv`` gave ``keys``, ``values`` and ``memory``."""
+        x = x + self.attn.attend_one(self.ln_1(x), keys, values, at)
+        if self.memory is not None and self.ln_m is not None and memory is not None:
+            x = x + self.memory.read_at(self.ln_m(x), memory, steps)
+        return x + self.mlp(self.ln_2(x))
 
 
 class DecisionTransformer(nn.Module):
@@ -285,7 +351,7 @@ class DecisionTransformer(nn.Module):
         """As ``forward``, from already encoded observations (B, K, n_obs, d)."""
         B, K, n_obs, d = obs_tokens.shape
         x = self.embed_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
-        x, states = self._blocks(x, None)
+        x, states, _ = self._blocks(x, None)
         x = self.ln_f(x).view(B, K, -1, d)  # (B, K, n_tok, d)
         return self._heads(x[:, :, n_obs], x[:, :, n_obs - 1], x[:, :, n_obs + 1], states)
 
@@ -297,6 +363,7 @@ class DecisionTransformer(nn.Module):
         rewards: torch.Tensor,
         timesteps: torch.Tensor,
         step: torch.Tensor,
+        keep: bool = False,
     ) -> DTOutput:
         """The predictions of one step per window, ``step`` (B,) (window b's step step[b]):
         ``forward_tokens(...)`` at those steps, as a DTOutput with K = 1 (the memory states are
@@ -307,31 +374,72 @@ class DecisionTransformer(nn.Module):
         but its memory read, MLP, ``ln_f`` and the heads run only at the step's predicting
         tokens (the return token, with Atari heads the last observation and action tokens
         too). This is what a rollout needs: the action of the newest step of each window.
+        ``keep``: the output's ``cache`` holds what ``forward_return_token`` needs (None where
+        the memory cannot be read again from its record: ``erase="channel"``).
         """
         n_tok = self.spec.tokens_per_step
         at = step.unsqueeze(1) * n_tok + self.head_tokens  # (B, 1 or 3) token indices
         x = self.embed_tokens(obs_tokens, returns_to_go, actions, rewards, timesteps)
-        x, states = self._blocks(x, at)
+        x, states, cache = self._blocks(x, at, step if keep else None)
         x = self.ln_f(x)  # (B, 1 or 3, d): return token, [last obs token, action token]
         if len(self.head_tokens) == 1:
-            return self._heads(x, None, None, states)
-        return self._heads(x[:, :1], x[:, 1:2], x[:, 2:3], states)
+            out = self._heads(x, None, None, states)
+        else:
+            out = self._heads(x[:, :1], x[:, 1:2], x[:, 2:3], states)
+        return replace(out, cache=cache)
+
+    def forward_return_token(
+        self, cache: StepCache, returns_to_go: torch.Tensor, timesteps: torch.Tensor
+    ) -> DTOutput:
+        """The action at each window's step ``cache.step`` after only that step's return
+        changed, as ``forward_step`` on the changed windows gives it (up to float rounding):
+        ``returns_to_go`` and ``timesteps`` (B,) of that step. Expert-return sampling predicts
+        the return, samples one, then the action: no token before the return token changed,
+        so each block runs for that one token, against the keys, values and memory writes
+        ``forward_step(keep=True)`` kept. Returns the action only (K = 1)."""
+        spec = self.spec
+        at = cache.step * spec.tokens_per_step + self.n_obs_tokens  # the return tokens
+        if spec.return_bins:
+            x = self.embed_return(returns_to_go.long())
+        else:
+            x = self.embed_return(returns_to_go.unsqueeze(-1).to(self.pos_emb.dtype))
+        if self.embed_timestep is not None:
+            x = x + self.embed_timestep(
+                timesteps.long().clamp(0, self.embed_timestep.num_embeddings - 1)
+            )
+        x = self.drop(x + self.pos_emb[at]).unsqueeze(1)  # (B, 1, d)
+        for block, k, v, memory in zip(
+            self.blocks, cache.keys, cache.values, cache.memory, strict=True
+        ):
+            assert isinstance(block, Block)
+            x = block.return_token(x, k, v, memory, at, cache.step)
+        states = tuple(m.state for m in cache.memory if m is not None)
+        return self._heads(self.ln_f(x), None, None, states, action_only=True)
 
     def _blocks(
-        self, x: torch.Tensor, at: torch.Tensor | None
-    ) -> tuple[torch.Tensor, tuple[MemoryState, ...]]:
+        self, x: torch.Tensor, at: torch.Tensor | None, keep_for: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[MemoryState, ...], StepCache | None]:
         """The blocks on x (B, L, d), each from the initial memory; the last one only at
-        ``at`` (B, q) when given. -> (B, L or q, d), each block's memory state."""
+        ``at`` (B, q) when given. -> (B, L or q, d), each block's memory state, and with
+        ``keep_for`` (the step predicted, (B,)) the ``StepCache`` (None for a memory that
+        ``read_at`` cannot read again)."""
         B = x.shape[0]
         states: list[MemoryState] = []
+        keys, values, records = [], [], []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             assert isinstance(block, Block)
             state = block.memory.initial_state(B) if block.memory is not None else None
-            x, state = block(x, state, at if i == last else None)
-            if state is not None:
-                states.append(state)
-        return x, tuple(states)
+            x, step, (k, v) = block.step_kv(x, state, at if i == last else None)
+            keys.append(k)
+            values.append(v)
+            records.append(step)
+            if step is not None:
+                states.append(step.state)
+        cache = None
+        if keep_for is not None and all(s is None or s.decays is not None for s in records):
+            cache = StepCache(tuple(keys), tuple(values), tuple(records), keep_for)
+        return x, tuple(states), cache
 
     def _heads(
         self,
@@ -339,12 +447,15 @@ class DecisionTransformer(nn.Module):
         at_last_obs: torch.Tensor | None,
         at_action: torch.Tensor | None,
         states: tuple[MemoryState, ...],
+        action_only: bool = False,
     ) -> DTOutput:
         """The heads on the final tokens (B, T, d) where each prediction is read."""
         action = self.action_head(at_return)  # at the return token
         if self.spec.action_kind == "continuous":
             action = torch.tanh(action)
         return_logits = reward_logits = None
+        if action_only:
+            return DTOutput(action, None, None, states)
         if self.return_head is not None and self.reward_head is not None:
             assert at_last_obs is not None and at_action is not None
             return_logits = self.return_head(at_last_obs)  # sees obs_t, not R_t
