@@ -73,7 +73,7 @@ def raw_rate(task: str, envs: int, steps: int) -> float:
     return rate
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as DTPolicy.act runs: the ceiling stays an upper bound
 def forward_rate(model: DecisionTransformer, envs: int, calls: int) -> float:
     """Env steps/s the policy's forward allows: per step, one new observation encoded and
     the full window of every env run once through ``forward_step`` at its newest step (what

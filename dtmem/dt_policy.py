@@ -168,6 +168,7 @@ class DTPolicy:
         self._rows = np.zeros(0, dtype=np.int64)  # envs of the last act ...
         self._pos = np.zeros(0, dtype=np.int64)  # ... and the window slot of their step
 
+    @torch.inference_mode()
     def reset(self, index: int, target: float | None) -> None:
         check_target(target)
         if target is None and not self.bins:
@@ -187,7 +188,7 @@ class DTPolicy:
         bufs = [self.returns_to_go, self.actions, self.rewards, self.timesteps]
         return bufs if self.obs_tokens is None else [self.obs_tokens, *bufs]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: 3-8% of a small forward
     def act(self, observations: np.ndarray, active: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero(active)
         K = self.spec.context
@@ -290,6 +291,7 @@ class DTPolicy:
             keep=keep,
         )
 
+    @torch.inference_mode()  # the buffers are updated in inference mode only
     def observe(self, rewards: np.ndarray) -> None:
         rows, pos = self._rows, self._pos
         raw = np.asarray(rewards, dtype=np.float64)[rows]
