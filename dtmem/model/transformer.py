@@ -96,7 +96,7 @@ class CausalSelfAttention(nn.Module):
     def forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As ``forward``, with the keys and values (B, nh, T, hs)."""
         B, T, C = x.size()
-        q, k, v = self._heads(x)
+        q, k, v = self._split_qkv(x)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -108,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         """One token per sample, x (B, 1, C), at index ``at`` (B,) of a sequence whose other
         keys and values (B, nh, L, hs) are known: the attention output there (B, 1, C)."""
         B, _, C = x.size()
-        q, k, v = self._heads(x)
+        q, k, v = self._split_qkv(x)
         rows = torch.arange(B, device=x.device)
         keys, values = keys.clone(), values.clone()
         keys[rows, :, at], values[rows, :, at] = k[:, :, 0], v[:, :, 0]
@@ -116,7 +116,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen[:, None, None, :])
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, 1, C)))
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> q, k, v, each (B, nh, T, hs)."""
         B, T, C = x.size()
         q, k, v = (
