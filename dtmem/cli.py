@@ -16,11 +16,8 @@ the exit code is 130 or 143.
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -62,34 +59,13 @@ def _debug() -> bool:
     return os.environ.get("DTMEM_DEBUG", "") not in ("", "0", "false")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the stage runs so that it unwinds as from Ctrl-C: every
-    ``start_run`` ends its run KILLED, pools and Ray are closed, temporary files removed."""
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` in the main thread while the block runs."""
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread: leave SIGTERM as it is
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def guarded(fn: Callable[[], T]) -> T:
     """Runs a stage: a user's error becomes one line and exit code 2, a crash one line naming
     the file that holds its traceback and exit code 1, Ctrl-C exit code 130, SIGTERM 143."""
+    from dtmem.interrupts import Terminated, sigterm_interrupts
+
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             return fn()
     except (typer.Exit, typer.Abort):
         raise

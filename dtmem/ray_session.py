@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dtmem.interrupts import kept_across
+
 __all__ = ["RayStartError", "ray_session"]
 
 
@@ -46,7 +48,8 @@ def ray_session(
         if address is None:  # a local instance: loopback only, no dashboard
             kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
         try:
-            ray.init(address=address, **kwargs)
+            with kept_across():  # ray.init installs its own SIGTERM handler
+                ray.init(address=address, **kwargs)
         except Exception as exc:  # Ray raises many types (ConnectionError, RuntimeError, ...)
             where = address or "a local instance"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

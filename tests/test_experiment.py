@@ -360,9 +360,9 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
 
     from mlflow.tracking import MlflowClient
 
-    from dtmem.cli import Terminated, _sigterm_interrupts
     from dtmem.data.synthetic import write_metaworld_like
     from dtmem.experiment.runner import STOP_GRACE_S, run_experiment
+    from dtmem.interrupts import Terminated, sigterm_interrupts
 
     root = tmp_path / "datasets"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -386,7 +386,7 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
 
     said: list[str] = []
     watcher = threading.Thread(target=terminate_once_training, daemon=True)
-    with _sigterm_interrupts(), pytest.raises(Terminated):
+    with sigterm_interrupts(), pytest.raises(Terminated):
         watcher.start()
         run_experiment(plan, say=said.append)
     stopped = time.monotonic()
@@ -400,3 +400,51 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
     assert parent.info.status == "KILLED"
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert "RUNNING" not in statuses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_job_stop_through_the_cli_ends_the_study_killed(store, tmp_path) -> None:
+    """The real command in its own process, which starts its own Ray (``ray.init`` installs
+    a SIGTERM handler that kills everything at once; ``ray_session`` puts dtmem's back):
+    SIGTERM mid-pretraining ends it with exit code 143, the node's run and the parent KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from dtmem.data.synthetic import write_metaworld_like
+
+    root = tmp_path / "datasets"
+    ids = [f"dtmem/smoke/{t}-expert-v0" for t in TASKS]
+    for task, dataset_id in zip(TASKS, ids, strict=True):
+        write_metaworld_like(root, dataset_id, task, episodes=4, steps=60)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MINARI_DATASETS_PATH=str(root), MLFLOW_TRACKING_URI=store)
+    command = [sys.executable, "-m", "dtmem.cli", "experiment", "run", str(QUICKSTART)]
+    for override in _tiny(ids, pretrain_steps=1_000_000):
+        command += ["--set", override]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    client = MlflowClient(store)
+    try:
+        deadline = time.monotonic() + 200
+        while proc.poll() is None and time.monotonic() < deadline:
+            exp = client.get_experiment_by_name("dtmem-quickstart")
+            runs = _node_runs(client, exp.experiment_id, SMOKE) if exp else []
+            if runs and "train/loss" in runs[0].data.metrics:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert f"interrupted: stopping 1 running node(s): {SMOKE}" in out
+    exp = client.get_experiment_by_name("dtmem-quickstart")
+    (pre,) = _node_runs(client, exp.experiment_id, SMOKE)
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{TAG_STAGE}` = 'experiment'")
+    assert (pre.info.status, parent.info.status) == ("KILLED", "KILLED")

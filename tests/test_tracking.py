@@ -281,6 +281,32 @@ def test_sigterm_ends_a_guarded_stage_killed_with_exit_143(store, capsys) -> Non
     with pytest.raises(typer.Exit) as exit_:
         guarded(stage)
     assert exit_.value.exit_code == 143
-    assert capsys.readouterr().err.strip() == "terminated"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
     assert runs[0].client.get_run(runs[0].run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_still_interrupts_after_ray_init_installs_its_own_handler() -> None:
+    """``ray.init`` replaces the SIGTERM handler (exit at once); ``ray_session`` starts Ray
+    inside ``kept_across``, which puts the interrupting one back, and only if it was there."""
+    import sys
+
+    from dtmem.interrupts import Terminated, kept_across, sigterm_interrupts
+
+    def rays(signum, frame) -> None:  # what ray.init installs for a driver
+        sys.exit(signum)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_interrupts():
+        with kept_across():
+            signal.signal(signal.SIGTERM, rays)
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # interrupted by the signal at once
+    assert signal.getsignal(signal.SIGTERM) is before
+    try:
+        with kept_across():  # outside a guarded stage: Ray's handler stays
+            signal.signal(signal.SIGTERM, rays)
+        assert signal.getsignal(signal.SIGTERM) is rays
+    finally:
+        signal.signal(signal.SIGTERM, before)
