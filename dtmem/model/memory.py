@@ -104,8 +104,8 @@ class MemoryStep:
     write  (H, B, K, N)  w_t, the write addressing of each step (a record, no gradient)
     read   (H, B, L, N)  the read addressing of each token over the slots of M_{t-1}; None
                          when the step was not asked to record it (``step(record=False)``)
-    decays (H, B, K+1, N) P before and after each write (the factored memory; else None):
-                         with ``state`` what ``read_at`` needs to read at any step again
+    decays (H, B, K, N)  P before each step's write, what its tokens read (the factored
+                         memory; else None): with ``state`` what ``read_at`` needs
     """
 
     out: torch.Tensor
@@ -227,7 +227,7 @@ class WorkingMemory(nn.Module):
         if window.decays is None or not isinstance(window.state, FactoredMemory):
             raise TypeError("read_at needs the record of a factored memory (erase='slot')")
         rows, adds = window.state.rows, window.state.adds
-        K = window.decays.shape[2] - 1
+        K = window.decays.shape[2]
         y = self._split(self.read_key(self.read_query(h)))  # (H, B, 1, d_h)
         v, _ = self._read_steps(y, rows, adds, window.decays, steps[:, None], K, False)
         return self._project(v)
@@ -254,7 +254,7 @@ class WorkingMemory(nn.Module):
         x (H, B, K, d_h) scaled write queries; a (H, B, K, d_h) adds; g (H, B, K) erase gates;
         y (H, B, L, d_h) read keys (unscaled). Returns values (H, B, L, d_h), the new state, the
         write addressing (H, B, K, N), the read addressing (H, B, L, N) (None unless
-        ``record``) and P before and after each write (H, B, K + 1, N).
+        ``record``) and P before each write (H, B, K, N).
         ``read_steps`` (B, q): y holds q tokens per sample instead, of these steps; values
         and read addressing are then (H, B, q, ...).
         """
@@ -268,20 +268,20 @@ class WorkingMemory(nn.Module):
         # Write: only P, the addressing and one N-wide row per step run step by step.
         s0_write = (x.reshape(H, B * K, d_h) @ m0.transpose(1, 2)).view(H, B, K, N)  # M_0 . x_t
         if self.addressing == "initial":
-            C_hat, decays, w = write_initial(s0_write, g, state.decay, state.rows)
+            C_hat, decays, last, w = write_initial(s0_write, g, state.decay, state.rows)
         else:
             ax = x @ adds.transpose(2, 3)  # (H, B, K, S): a_s . x_t
-            C_hat, decays, w = write_previous(s0_write, ax, g, state.decay, state.rows)
+            C_hat, decays, last, w = write_previous(s0_write, ax, g, state.decay, state.rows)
 
         # Read: every token of step t sees M_{t-1}, with the adds of steps < t (causal).
         if read_steps is None:
             step_visible = self._step_visible(K, S0)
             visible = step_visible.repeat_interleave(L // K, dim=0)  # (L, S): may j read add s?
             scale = 1.0 / math.sqrt(d_h)
-            values, alpha = read(y, m0, C_hat, adds, decays[:, :, :K], visible, scale, record)
+            values, alpha = read(y, m0, C_hat, adds, decays, visible, scale, record)
         else:
             values, alpha = self._read_steps(y, C_hat, adds, decays, read_steps, K, record)
-        new_state = FactoredMemory(decay=decays[:, :, K], rows=C_hat, adds=adds)
+        new_state = FactoredMemory(decay=last, rows=C_hat, adds=adds)
         return values, new_state, w, alpha, decays
 
     def _step_visible(self, K: int, S0: int) -> torch.Tensor:

@@ -32,7 +32,9 @@ __all__ = ["read", "write_initial", "write_previous"]
 
 
 class _WritePrevious(torch.autograd.Function):
-    """(s0, ax, g, decay0, rows0) -> (rows, decays, w); shapes in ``write_previous``."""
+    """(s0, ax, g, decay0, rows0) -> (rows, decays before each write, decay after the last,
+    w); shapes in ``write_previous``. The two decays are separate outputs so that their
+    gradients arrive apart, not as one zero-filled tensor that autograd copies them into."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
@@ -43,7 +45,7 @@ class _WritePrevious(torch.autograd.Function):
         g: torch.Tensor,
         decay0: torch.Tensor,
         rows0: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         ctx.shapes = (s0.shape, ax.shape, g.shape, decay0.shape, rows0.shape)
         K, N = s0.shape[-2:]
@@ -68,9 +70,9 @@ class _WritePrevious(torch.autograd.Function):
             torch.addcmul(P, P, gw[t], value=-1.0, out=decays[t + 1])  # P_{t-1} (1 - g_t w_t)
             torch.div(w[t], decays[t + 1], out=rows[:, s])
         ctx.save_for_backward(ax, g, rows, decays, w, c, gw)
-        rows_decays_w = (rows, decays.transpose(0, 1), w.transpose(0, 1))
-        ctx.mark_non_differentiable(rows_decays_w[2])
-        return rows_decays_w
+        out = (rows, decays[:K].transpose(0, 1), decays[K], w.transpose(0, 1))
+        ctx.mark_non_differentiable(out[3])
+        return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -78,17 +80,18 @@ class _WritePrevious(torch.autograd.Function):
         ctx: Any,
         g_rows: torch.Tensor | None,
         g_decays: torch.Tensor | None,
+        g_last: torch.Tensor | None,
         _g_w: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         ax, g, rows, decays, w, c, gw = ctx.saved_tensors
         K, HB, N = w.shape
         S0 = rows.shape[1] - K
         gR = rows.new_zeros(rows.shape) if g_rows is None else g_rows.reshape(rows.shape)
-        gD = None if g_decays is None else g_decays.reshape(HB, K + 1, N)
+        gD = None if g_decays is None else g_decays.reshape(HB, K, N)  # before each write
         g_c = w.new_empty(HB, K, N)  # dL/dc_t, which is also dL/ds0_t
         g_u = w.new_empty(K, HB, N)  # dL/du_t, u_t = 1 - g_t w_t
         g_w = w.new_empty(HB, N)
-        gP = w.new_zeros(HB, N) if gD is None else gD[:, K].clone()  # dL/dP_t, t = K first
+        gP = w.new_zeros(HB, N) if g_last is None else g_last.reshape(HB, N).clone()  # dL/dP_K
         for t in reversed(range(K)):
             s = S0 + t
             w_t, P_prev, P = w[t], decays[t], decays[t + 1]
@@ -121,17 +124,18 @@ def write_previous(
     g: torch.Tensor,
     decay0: torch.Tensor,
     rows0: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """K writes addressing M_{t-1}.
 
     s0 (H, B, K, N): M_0[i] . x_t     ax (H, B, K, S0 + K): a_s . x_t     g (H, B, K): g_t
     decay0 (H, B, N) and rows0 (H, B, S0, N): the state before the window.
-    Returns rows Ĉ (H, B, S0 + K, N), decays P_0 .. P_K (H, B, K + 1, N), and the write
-    addressing w (H, B, K, N) (not differentiable: a record, for probes).
+    Returns rows Ĉ (H, B, S0 + K, N), the decays before each write P_0 .. P_{K-1}
+    (H, B, K, N) (what each step's tokens read), the decay after the last P_K (H, B, N), and
+    the write addressing w (H, B, K, N) (not differentiable: a record, for probes).
     """
     H, B, K, N = s0.shape
-    rows, decays, w = _WritePrevious.apply(s0, ax, g, decay0, rows0)
-    return rows.view(H, B, -1, N), decays.view(H, B, K + 1, N), w.view(H, B, K, N)
+    rows, before, last, w = _WritePrevious.apply(s0, ax, g, decay0, rows0)
+    return rows.view(H, B, -1, N), before.view(H, B, K, N), last.view(H, B, N), w.view(H, B, K, N)
 
 
 def write_initial(
@@ -139,14 +143,14 @@ def write_initial(
     g: torch.Tensor,
     decay0: torch.Tensor,
     rows0: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """K writes addressing M_0: every w_t at once, P_t by a cumulative product. As above."""
     w = torch.softmax(s0, dim=-1)  # (H, B, K, N): w_t
     kept = torch.cumprod(1.0 - g.unsqueeze(-1) * w, dim=2)  # prod_{r<=t} (1 - g_r w_r)
     after = decay0.unsqueeze(2) * kept  # P_1 .. P_K
-    decays = torch.cat([decay0.unsqueeze(2), after], dim=2)
+    before = torch.cat([decay0.unsqueeze(2), after[:, :, :-1]], dim=2)
     rows = torch.cat([rows0, w / after], dim=2)
-    return rows, decays, w.detach()
+    return rows, before, after[:, :, -1], w.detach()
 
 
 class _Read(torch.autograd.Function):
