@@ -52,7 +52,7 @@ def memory_addressing(model: Any, batch: Batch) -> list[Addressing]:
     for block in dt.blocks:
         assert isinstance(block, Block)
         state = block.memory.initial_state(x.shape[0]) if block.memory is not None else None
-        x, step = block.step(x, state, record=True)
+        x, step, _ = block.step(x, state, record=True)
         if step is not None:
             assert step.read is not None  # recorded
             found.append(Addressing(step.write.mean(0), step.read.mean(0), step.state))

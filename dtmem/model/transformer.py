@@ -154,7 +154,7 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, state: MemoryState | None, at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MemoryState | None]:
-        x, step = self.step(x, state, at, record=False)
+        x, step, _ = self.step(x, state, at, record=False)
         return x, step.state if step is not None else None
 
     def step(
@@ -163,25 +163,15 @@ class Block(nn.Module):
         state: MemoryState | None,
         at: torch.Tensor | None = None,
         record: bool = True,
-    ) -> tuple[torch.Tensor, MemoryStep | None]:
+    ) -> tuple[torch.Tensor, MemoryStep | None, tuple[torch.Tensor, torch.Tensor]]:
         """As ``forward``, with the memory's whole record (its addressing) kept, the read
-        addressing only if ``record``.
+        addressing only if ``record``, and the attention's keys and values (B, nh, L, hs),
+        which ``return_token`` reads.
 
         ``at`` (B, q), token indices per sample: the output only at those tokens, (B, q, d).
         Attention and the memory's writes still see every token (keys, values and step
         summaries); the memory read and the MLP run only for ``at``.
         """
-        x, step, _ = self.step_kv(x, state, at, record)
-        return x, step
-
-    def step_kv(
-        self,
-        x: torch.Tensor,
-        state: MemoryState | None,
-        at: torch.Tensor | None = None,
-        record: bool = False,
-    ) -> tuple[torch.Tensor, MemoryStep | None, tuple[torch.Tensor, torch.Tensor]]:
-        """As ``step``, with the attention's keys and values (for ``return_token``)."""
         a, k, v = self.attn.forward_kv(self.ln_1(x))
         x = x + a
         step = None
@@ -204,7 +194,7 @@ class Block(nn.Module):
         steps: torch.Tensor,
     ) -> torch.Tensor:
         """One token per sample, x (B, 1, d), at index ``at`` of step ``steps`` (B,), when no
-        earlier token changed since ``step_kv`` gave ``keys``, ``values`` and ``memory``."""
+        earlier token changed since ``step`` gave ``keys``, ``values`` and ``memory``."""
         x = x + self.attn.attend_one(self.ln_1(x), keys, values, at)
         if self.memory is not None and self.ln_m is not None and memory is not None:
             x = x + self.memory.read_at(self.ln_m(x), memory, steps)
@@ -430,7 +420,7 @@ class DecisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             assert isinstance(block, Block)
             state = block.memory.initial_state(B) if block.memory is not None else None
-            x, step, (k, v) = block.step_kv(x, state, at if i == last else None)
+            x, step, (k, v) = block.step(x, state, at if i == last else None, record=False)
             keys.append(k)
             values.append(v)
             records.append(step)
