@@ -54,22 +54,33 @@ class _WritePrevious(torch.autograd.Function):
         HB = s0.shape[0]
         rows = s0.new_empty(HB, S0 + K, N)  # Ĉ_s, all rows of the state
         rows[:, :S0] = rows0.reshape(HB, S0, N)
-        # time-major, each step's slice (HB, N) written in place: c_t, w_t, P_t, g_t w_t
-        c, w, gw = s0.new_empty(K, HB, N), s0.new_empty(K, HB, N), s0.new_empty(K, HB, N)
-        decays = s0.new_empty(K + 1, HB, N)
+        # time-major, each step's slice (HB, N) written in place: c_t, w_t, P_t, g_t w_t. The
+        # backward reads c_t and g_t w_t again; without one (inference) they are scratch.
+        keep = any(ctx.needs_input_grad)
+        c = s0.new_empty(K if keep else 1, HB, N)
+        gw = s0.new_empty(K if keep else 1, HB, N)
+        w, decays = s0.new_empty(K, HB, N), s0.new_empty(K + 1, HB, N)
         decays[0] = decay0.reshape(HB, N)
         z = s0.new_empty(HB, N)  # z_t = P_{t-1} c_t, the softmax's input
+        # every step's views made at once: indexing in the loop cost more than its small ops
+        s0_t = s0.transpose(0, 1).unsqueeze(2).unbind()  # (HB, 1, N)
+        ax_t = ax.transpose(0, 1).unsqueeze(2).unbind()  # (HB, 1, S0 + K)
+        c_t, c1_t = c.unbind(), c.unsqueeze(2).unbind()  # (HB, N), (HB, 1, N)
+        g_t, w_t, gw_t, P_t = g.transpose(0, 1).unbind(), w.unbind(), gw.unbind(), decays.unbind()
+        row_t = rows.unbind(1)
         for t in range(K):
-            s, P = S0 + t, decays[t]
+            s, P, i = S0 + t, P_t[t], t if keep else 0
+            ct, gwt = c_t[i], gw_t[i]
             if s:  # c_t = M_0 . x_t + sum_{s<t} (a_s . x_t) Ĉ_s
-                torch.baddbmm(s0[:, t, None], ax[:, t, None, :s], rows[:, :s], out=c[t, :, None])
+                torch.baddbmm(s0_t[t], ax_t[t][:, :, :s], rows[:, :s], out=c1_t[i])
             else:
-                c[t] = s0[:, t]
-            torch.softmax(torch.mul(P, c[t], out=z), dim=-1, out=w[t])
-            torch.mul(w[t], g[:, t], out=gw[t])
-            torch.addcmul(P, P, gw[t], value=-1.0, out=decays[t + 1])  # P_{t-1} (1 - g_t w_t)
-            torch.div(w[t], decays[t + 1], out=rows[:, s])
-        ctx.save_for_backward(ax, g, rows, decays, w, c, gw)
+                c1_t[i].copy_(s0_t[t])
+            torch.softmax(torch.mul(P, ct, out=z), dim=-1, out=w_t[t])
+            torch.mul(w_t[t], g_t[t], out=gwt)
+            torch.addcmul(P, P, gwt, value=-1.0, out=P_t[t + 1])  # P_{t-1} (1 - g_t w_t)
+            torch.div(w_t[t], P_t[t + 1], out=row_t[s])
+        if keep:
+            ctx.save_for_backward(ax, g, rows, decays, w, c, gw)
         out = (rows, decays[:K].transpose(0, 1), decays[K], w.transpose(0, 1))
         ctx.mark_non_differentiable(out[3])
         return out
@@ -92,22 +103,26 @@ class _WritePrevious(torch.autograd.Function):
         g_u = w.new_empty(K, HB, N)  # dL/du_t, u_t = 1 - g_t w_t
         g_w = w.new_empty(HB, N)
         gP = w.new_zeros(HB, N) if g_last is None else g_last.reshape(HB, N).clone()  # dL/dP_K
+        # every step's views made at once, as in the forward
+        P_t, w_t, c_t, gw_t, g_t = decays.unbind(), w.unbind(), c.unbind(), gw.unbind(), g.unbind(1)
+        gR_t, gR1_t, row_t = gR.unbind(1), gR.unsqueeze(2).unbind(1), rows.unbind(1)
+        g_c_t, g_u_t = g_c.unbind(1), g_u.unbind()
+        ax_s = ax.transpose(1, 2).contiguous()  # (HB, S, K): a_s . x_r for every later r
+        gD_t = None if gD is None else gD.unbind(1)
         for t in reversed(range(K)):
-            s = S0 + t
-            w_t, P_prev, P = w[t], decays[t], decays[t + 1]
-            g_row = gR[:, s]
+            s, P_prev, P = S0 + t, P_t[t], P_t[t + 1]
+            g_row = gR_t[s]
             if t + 1 < K:  # Ĉ_t enters c_r of every later step r: sum_r (a_t . x_r) dL/dc_r
-                later = ax[:, t + 1 :, s, None].transpose(1, 2)  # (HB, 1, K - t - 1)
-                g_row = torch.baddbmm(g_row[:, None], later, g_c[:, t + 1 :])[:, 0]
+                g_row = torch.baddbmm(gR1_t[s], ax_s[:, s, None, t + 1 :], g_c[:, t + 1 :])[:, 0]
             torch.div(g_row, P, out=g_w)  # Ĉ_t = w_t / P_t
-            gP.addcmul_(g_w, rows[:, s], value=-1.0)
-            torch.mul(gP, P_prev, out=g_u[t])  # P_t = P_{t-1} u_t
-            g_w.addcmul_(g_u[t], g[:, t], value=-1.0)
-            g_z = torch._softmax_backward_data(g_w, w_t, -1, w_t.dtype)  # w_t = softmax(z_t)
-            gP.addcmul_(gP, gw[t], value=-1.0).addcmul_(g_z, c[t])  # dL/dP_{t-1}: z_t = P_{t-1} c_t
-            torch.mul(g_z, P_prev, out=g_c[:, t])
-            if gD is not None:
-                gP += gD[:, t]
+            gP.addcmul_(g_w, row_t[s], value=-1.0)
+            torch.mul(gP, P_prev, out=g_u_t[t])  # P_t = P_{t-1} u_t
+            g_w.addcmul_(g_u_t[t], g_t[t], value=-1.0)
+            g_z = torch._softmax_backward_data(g_w, w_t[t], -1, w.dtype)  # w_t = softmax(z_t)
+            gP.addcmul_(gP, gw_t[t], value=-1.0).addcmul_(g_z, c_t[t])  # z_t = P_{t-1} c_t
+            torch.mul(g_z, P_prev, out=g_c_t[t])
+            if gD_t is not None:
+                gP += gD_t[t]
         g_g = torch.linalg.vecdot(g_u, w).neg_().T  # dL/dg_t = -(dL/du_t) . w_t, (HB, K)
         # c_t = s0_t + sum_{s < S0 + t} (a_s . x_t) Ĉ_s: the rest at once, causally
         g_ax = g_c @ rows.transpose(1, 2)  # (HB, K, S)
