@@ -42,6 +42,7 @@ __all__ = [
     "VAL_LOSS",
     "VAL_LOSS_ACTION",
     "collect_metric",
+    "collect_phase_metric",
     "eval_metric",
 ]
 
@@ -100,6 +101,12 @@ EVAL_RETURN_MEAN = "eval/return_mean"  # mean over evaluation tasks of the mean 
 def eval_metric(task: str, name: str) -> str:
     """``eval/<task>/<name>``; ``task`` is sanitised to MLflow's allowed characters."""
     return f"eval/{_clean(task)}/{name}"
+
+
+def collect_phase_metric(phase: str) -> str:
+    """``perf/collect_<phase>_s``: where a collection call's wall time went
+    (``dtmem.collect.driver.Timeline.breakdown``), logged once, at step 0."""
+    return f"perf/collect_{_clean(phase)}_s"
 
 
 def collect_metric(task: str, name: str) -> str:

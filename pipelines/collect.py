@@ -11,7 +11,8 @@ actor is free (two queued per actor); each chunk comes back whole, and every tas
 are written in index order by its own ``DatasetWriter`` as soon as the next one is in, so
 the dataset is the same whatever the number of actors or the order chunks finish in.
 Clean up: commit each dataset when its last episode is written (the writer renames it into
-place atomically), print and log the summary, stop the actors. An error or Ctrl-C aborts
+place atomically), print and log the summary and where the call's time went
+(``perf/collect_<phase>_s``), stop the actors. An error or Ctrl-C aborts
 every open writer: what is left is the datasets already complete, and nothing that loads
 as complete when it is not; a re-run reuses the complete ones and does the rest.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from dtmem import metrics
 from dtmem.collect.driver import (
     CollectResult,
     DatasetSummary,
@@ -74,6 +76,9 @@ def run_collect(cfg: CollectConfig, *, console: Console | None = None) -> Collec
             written, counts = collect_tasks(cfg, todo, root, pool, run, console, timeline)
         summaries = [written.get(t) or reused[t] for t in cfg.tasks]
         report(summaries, run, console, root)
+        # up to here: stopping the actors and ending the run come after, in the result only
+        phases = timeline.breakdown(time.time())
+        run.log_metrics({metrics.collect_phase_metric(k): v for k, v in phases.items()}, step=0)
     return CollectResult(summaries, run.run_id, *counts, timeline.breakdown(time.time()))
 
 

@@ -415,6 +415,9 @@ def test_smoke_collection_end_to_end(ray_session, tmp_path, monkeypatch, mlflow_
     for s in summaries:
         assert run.data.tags[f"data.{s.dataset_id}.content_hash"] == s.content_hash
     assert run.data.metrics["collect/reach-v3/episodes"] == 2
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("perf/collect_")}
+    assert logged["perf/collect_episodes_s"] > 0 and logged["perf/collect_envs_s"] > 0
+    assert logged["perf/collect_total_s"] <= report.phases["total"]  # logged before the end
     assert "collect_summary.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     # same config again: every dataset is reused, nothing recollected
