@@ -6,6 +6,11 @@ as from Ctrl-C, its MLflow runs end KILLED, pools and Ray are closed, temporary 
 ``ray.init`` replaces the SIGTERM handler with its own (exit at once, or kill the local
 cluster and exit); ``dtmem.ray_session`` starts Ray inside ``kept_across()``, which puts this
 one back when it was there.
+
+How long an interrupted stage may take to unwind: a study gives each running node
+``STOP_GRACE_S`` before killing it (``dtmem.experiment.runner``), and ``dtmem submit`` asks
+Ray's job supervisor to wait ``JOB_STOP_WAIT_S`` after its SIGTERM before its SIGKILL
+(Ray's own default is 3 s, too short for runs to end KILLED).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Terminated", "kept_across", "sigterm_interrupts"]
+__all__ = ["JOB_STOP_WAIT_S", "STOP_GRACE_S", "Terminated", "kept_across", "sigterm_interrupts"]
+
+STOP_GRACE_S = 20.0  # an interrupted study node's stage gets this long, then is killed
+JOB_STOP_WAIT_S = int(STOP_GRACE_S) + 10  # a submitted job: the grace, then the driver's end
 
 
 class Terminated(KeyboardInterrupt):

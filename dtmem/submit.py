@@ -43,6 +43,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
+from dtmem.interrupts import JOB_STOP_WAIT_S
+
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
@@ -121,6 +123,9 @@ def load_runtime_env(
       dropped when $NAME is unset here, so the cluster's own value (if any) applies.
     * ``git_commit``, when given, is added as $DTMEM_GIT_COMMIT: the shipped directory has no
       ``.git``, so the job learns its commit from the submitter.
+    * $RAY_JOB_STOP_WAIT_TIME_S defaults to ``JOB_STOP_WAIT_S``: ``ray job stop`` sends
+      SIGTERM, then SIGKILL after this many seconds (Ray's default, 3, kills a stage before
+      its runs end KILLED); Ray's job supervisor runs with the job's env vars.
     """
     if not path.is_file():
         raise SubmitError(f"{path}: runtime env file not found (run from the repository root)")
@@ -149,6 +154,7 @@ def load_runtime_env(
             env_vars[str(name)] = environ[ref.group(1)]
     if git_commit:
         env_vars.setdefault("DTMEM_GIT_COMMIT", git_commit)
+    env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", str(JOB_STOP_WAIT_S))
     if env_vars:
         env["env_vars"] = env_vars
     else:

@@ -25,6 +25,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dtmem.cli import app
+from dtmem.interrupts import JOB_STOP_WAIT_S, STOP_GRACE_S
 from dtmem.job_stores import StoreError, is_local_address, resolve_stores
 from dtmem.submit import (
     DEFAULT_ADDRESS,
@@ -208,7 +209,13 @@ def test_runtime_env_is_resolved_for_sending(tmp_path: Path) -> None:
     env = load_runtime_env(path, tmp_path, {"HERE": "x"}, git_commit="abc123")
     assert env["working_dir"] == str(tmp_path / "repo")
     assert env["excludes"] == [".venv"]
-    assert env["env_vars"] == {"A": "x", "C": "fixed", "DTMEM_GIT_COMMIT": "abc123"}
+    assert env["env_vars"] == {
+        "A": "x",
+        "C": "fixed",
+        "DTMEM_GIT_COMMIT": "abc123",
+        "RAY_JOB_STOP_WAIT_TIME_S": "30",  # ray job stop: SIGKILL only after the grace time
+    }
+    assert JOB_STOP_WAIT_S > STOP_GRACE_S
 
     project = load_runtime_env(CLUSTER / "runtime_env.yaml", REPO, {})
     assert project["working_dir"] == str(REPO)
@@ -550,6 +557,44 @@ def test_ctrl_c_stops_following_not_the_job(two_node_cluster: LocalCluster) -> N
         if follow.poll() is None:
             follow.kill()
         client.stop_job(job_id)
+
+
+_SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+def stop(signum, frame):  # a stage unwinding: its runs end KILLED, files removed, ...
+    time.sleep(5)
+    pathlib.Path(sys.argv[1]).write_text("unwound")
+    raise SystemExit(143)
+signal.signal(signal.SIGTERM, stop)
+print("waiting", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ray_job_stop_lets_the_job_unwind(two_node_cluster: LocalCluster, tmp_path: Path) -> None:
+    """Ray SIGKILLs a stopped job 3 s after its SIGTERM unless the job's env says otherwise;
+    ``dtmem submit`` gives it ``JOB_STOP_WAIT_S``: a handler that takes 5 s still finishes."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(
+        two_node_cluster.dashboard_url,
+        headers={"Authorization": f"Bearer {two_node_cluster.token}"},
+    )
+    marker = tmp_path / "unwound"
+    job = submit_cli(two_node_cluster, ["python", "-c", _SLOW_TO_STOP, str(marker)], "--no-wait")
+    assert job.returncode == 0, job.stderr[-2000:]
+    (job_id,) = re.findall(r"submitted (\S+) to", job.stderr)
+    deadline = time.monotonic() + 60
+    while "waiting" not in client.get_job_logs(job_id):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.5)
+    client.stop_job(job_id)
+    while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED):
+        assert time.monotonic() < deadline, "the job did not stop"
+        time.sleep(0.5)
+    assert marker.read_text() == "unwound"  # not killed halfway through its handler
 
 
 @pytest.mark.slow

@@ -46,10 +46,9 @@ from dtmem.experiment import (
 from dtmem.experiment.cache import Lookup, Output, lookup, record_outputs
 from dtmem.experiment.dag import Node, Plan
 from dtmem.experiment.stages import _timed_execute, bind
+from dtmem.interrupts import STOP_GRACE_S
 
 __all__ = ["NodeOutcome", "RunResult", "fit_resources", "run_experiment"]
-
-STOP_GRACE_S = 20.0  # an interrupted node's stage gets this long to unwind, then is killed
 
 
 @dataclass
