@@ -118,6 +118,7 @@ def test_rayjob_manifest() -> None:
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == "/home/ray/dtmem"  # where the Dockerfile puts the repo
     assert "pip" not in runtime_env and "conda" not in runtime_env
+    assert runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == str(JOB_STOP_WAIT_S)
     _check_cluster_spec(spec["rayClusterSpec"])
     submitter = spec["submitterPodTemplate"]["spec"]["containers"][0]
     assert "command" not in submitter  # KubeRay fills in `ray job submit ...`
