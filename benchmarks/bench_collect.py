@@ -79,7 +79,7 @@ def machine_2_vs_1(pool: ProcessPoolExecutor, episodes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--episodes", type=int, default=8, help="episodes per task")
-    parser.add_argument("--repeats", type=int, default=3, help="pairs measured in turn")
+    parser.add_argument("--repeats", type=int, default=5, help="pairs measured in turn")
     parser.add_argument("--quick", action="store_true", help="2 episodes per task, one pair")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2, help="Ray actors (one CPU each)")
     parser.add_argument("--envs", type=int, default=8, help="envs per actor")
     parser.add_argument("--steps", type=int, default=100, help="steps per episode")
-    parser.add_argument("--repeats", type=int, default=5, help="pairs measured in turn")
+    parser.add_argument("--repeats", type=int, default=9, help="pairs measured in turn")
     parser.add_argument("--quick", action="store_true", help="a few steps of each")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--heads", type=int, default=1, help="memory heads")
     ap.add_argument("--addressing", default="previous", choices=["previous", "initial"])
-    ap.add_argument("--pairs", type=int, default=7, help="pairs of steps timed in turn")
+    ap.add_argument("--pairs", type=int, default=11, help="pairs of steps timed in turn")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument(
         "--clock",
