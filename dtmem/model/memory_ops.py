@@ -54,11 +54,12 @@ class _WritePrevious(torch.autograd.Function):
         HB = s0.shape[0]
         rows = s0.new_empty(HB, S0 + K, N)  # Ĉ_s, all rows of the state
         rows[:, :S0] = rows0.reshape(HB, S0, N)
-        # time-major, each step's slice (HB, N) written in place: c_t, w_t, P_t, g_t w_t. The
-        # backward reads c_t and g_t w_t again; without one (inference) they are scratch.
+        # time-major, each step's slice (HB, N) written in place: c_t, w_t, P_t. The backward
+        # reads c_t again; without one (inference) it is scratch, as g_t w_t always is (the
+        # backward makes it again from w_t, which it reads anyway: 5% of the forward)
         keep = any(ctx.needs_input_grad)
         c = s0.new_empty(K if keep else 1, HB, N)
-        gw = s0.new_empty(K if keep else 1, HB, N)
+        gw = s0.new_empty(HB, N)
         w, decays = s0.new_empty(K, HB, N), s0.new_empty(K + 1, HB, N)
         decays[0] = decay0.reshape(HB, N)
         z = s0.new_empty(HB, N)  # z_t = P_{t-1} c_t, the softmax's input
@@ -66,21 +67,21 @@ class _WritePrevious(torch.autograd.Function):
         s0_t = s0.transpose(0, 1).unsqueeze(2).unbind()  # (HB, 1, N)
         ax_t = ax.transpose(0, 1).unsqueeze(2).unbind()  # (HB, 1, S0 + K)
         c_t, c1_t = c.unbind(), c.unsqueeze(2).unbind()  # (HB, N), (HB, 1, N)
-        g_t, w_t, gw_t, P_t = g.transpose(0, 1).unbind(), w.unbind(), gw.unbind(), decays.unbind()
+        g_t, w_t, P_t = g.transpose(0, 1).unbind(), w.unbind(), decays.unbind()
         row_t = rows.unbind(1)
         for t in range(K):
             s, P, i = S0 + t, P_t[t], t if keep else 0
-            ct, gwt = c_t[i], gw_t[i]
+            ct = c_t[i]
             if s:  # c_t = M_0 . x_t + sum_{s<t} (a_s . x_t) Ĉ_s
                 torch.baddbmm(s0_t[t], ax_t[t][:, :, :s], rows[:, :s], out=c1_t[i])
             else:
                 c1_t[i].copy_(s0_t[t])
             torch.softmax(torch.mul(P, ct, out=z), dim=-1, out=w_t[t])
-            torch.mul(w_t[t], g_t[t], out=gwt)
-            torch.addcmul(P, P, gwt, value=-1.0, out=P_t[t + 1])  # P_{t-1} (1 - g_t w_t)
+            torch.mul(w_t[t], g_t[t], out=gw)
+            torch.addcmul(P, P, gw, value=-1.0, out=P_t[t + 1])  # P_{t-1} (1 - g_t w_t)
             torch.div(w_t[t], P_t[t + 1], out=row_t[s])
         if keep:
-            ctx.save_for_backward(ax, g, rows, decays, w, c, gw)
+            ctx.save_for_backward(ax, g, rows, decays, w, c)
         out = (rows, decays[:K].transpose(0, 1), decays[K], w.transpose(0, 1))
         ctx.mark_non_differentiable(out[3])
         return out
@@ -94,7 +95,7 @@ class _WritePrevious(torch.autograd.Function):
         g_last: torch.Tensor | None,
         _g_w: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
-        ax, g, rows, decays, w, c, gw = ctx.saved_tensors
+        ax, g, rows, decays, w, c = ctx.saved_tensors
         K, HB, N = w.shape
         S0 = rows.shape[1] - K
         gR = rows.new_zeros(rows.shape) if g_rows is None else g_rows.reshape(rows.shape)
@@ -104,7 +105,8 @@ class _WritePrevious(torch.autograd.Function):
         g_w = w.new_empty(HB, N)
         gP = w.new_zeros(HB, N) if g_last is None else g_last.reshape(HB, N).clone()  # dL/dP_K
         # every step's views made at once, as in the forward
-        P_t, w_t, c_t, gw_t, g_t = decays.unbind(), w.unbind(), c.unbind(), gw.unbind(), g.unbind(1)
+        P_t, w_t, c_t, g_t = decays.unbind(), w.unbind(), c.unbind(), g.unbind(1)
+        tmp = w.new_empty(HB, N)
         gR_t, gR1_t, row_t = gR.unbind(1), gR.unsqueeze(2).unbind(1), rows.unbind(1)
         g_c_t, g_u_t = g_c.unbind(1), g_u.unbind()
         ax_s = ax.transpose(1, 2).contiguous()  # (HB, S, K): a_s . x_r for every later r
@@ -119,7 +121,8 @@ class _WritePrevious(torch.autograd.Function):
             torch.mul(gP, P_prev, out=g_u_t[t])  # P_t = P_{t-1} u_t
             g_w.addcmul_(g_u_t[t], g_t[t], value=-1.0)
             g_z = torch._softmax_backward_data(g_w, w_t[t], -1, w.dtype)  # w_t = softmax(z_t)
-            gP.addcmul_(gP, gw_t[t], value=-1.0).addcmul_(g_z, c_t[t])  # z_t = P_{t-1} c_t
+            gP.addcmul_(torch.mul(gP, g_t[t], out=tmp), w_t[t], value=-1.0)  # u_t = 1 - g_t w_t
+            gP.addcmul_(g_z, c_t[t])  # z_t = P_{t-1} c_t
             torch.mul(g_z, P_prev, out=g_c_t[t])
             if gD_t is not None:
                 gP += gD_t[t]
