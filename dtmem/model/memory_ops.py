@@ -101,14 +101,15 @@ class _WritePrevious(torch.autograd.Function):
         gR = rows.new_zeros(rows.shape) if g_rows is None else g_rows.reshape(rows.shape)
         gD = None if g_decays is None else g_decays.reshape(HB, K, N)  # before each write
         g_c = w.new_empty(HB, K, N)  # dL/dc_t, which is also dL/ds0_t
-        g_u = w.new_empty(K, HB, N)  # dL/du_t, u_t = 1 - g_t w_t
+        g_u = w.new_empty(HB, N)  # dL/du_t, u_t = 1 - g_t w_t (a scratch row)
+        g_g = w.new_empty(HB, K)  # dL/dg_t = -(dL/du_t) . w_t
         g_w = w.new_empty(HB, N)
         gP = w.new_zeros(HB, N) if g_last is None else g_last.reshape(HB, N).clone()  # dL/dP_K
         # every step's views made at once, as in the forward
         P_t, w_t, c_t, g_t = decays.unbind(), w.unbind(), c.unbind(), g.unbind(1)
         tmp = w.new_empty(HB, N)
         gR_t, gR1_t, row_t = gR.unbind(1), gR.unsqueeze(2).unbind(1), rows.unbind(1)
-        g_c_t, g_u_t = g_c.unbind(1), g_u.unbind()
+        g_c_t, g_g_t = g_c.unbind(1), g_g.unbind(1)
         ax_s = ax.transpose(1, 2).contiguous()  # (HB, S, K): a_s . x_r for every later r
         gD_t = None if gD is None else gD.unbind(1)
         for t in reversed(range(K)):
@@ -118,15 +119,16 @@ class _WritePrevious(torch.autograd.Function):
                 g_row = torch.baddbmm(gR1_t[s], ax_s[:, s, None, t + 1 :], g_c[:, t + 1 :])[:, 0]
             torch.div(g_row, P, out=g_w)  # Ĉ_t = w_t / P_t
             gP.addcmul_(g_w, row_t[s], value=-1.0)
-            torch.mul(gP, P_prev, out=g_u_t[t])  # P_t = P_{t-1} u_t
-            g_w.addcmul_(g_u_t[t], g_t[t], value=-1.0)
+            torch.mul(gP, P_prev, out=g_u)  # P_t = P_{t-1} u_t
+            torch.linalg.vecdot(g_u, w_t[t], out=g_g_t[t])
+            g_w.addcmul_(g_u, g_t[t], value=-1.0)
             g_z = torch._softmax_backward_data(g_w, w_t[t], -1, w.dtype)  # w_t = softmax(z_t)
             gP.addcmul_(torch.mul(gP, g_t[t], out=tmp), w_t[t], value=-1.0)  # u_t = 1 - g_t w_t
             gP.addcmul_(g_z, c_t[t])  # z_t = P_{t-1} c_t
             torch.mul(g_z, P_prev, out=g_c_t[t])
             if gD_t is not None:
                 gP += gD_t[t]
-        g_g = torch.linalg.vecdot(g_u, w).neg_().T  # dL/dg_t = -(dL/du_t) . w_t, (HB, K)
+        g_g.neg_()
         # c_t = s0_t + sum_{s < S0 + t} (a_s . x_t) Ĉ_s: the rest at once, causally
         g_ax = g_c @ rows.transpose(1, 2)  # (HB, K, S)
         causal = torch.ones(K, S0 + K, dtype=torch.bool, device=w.device).tril(S0 - 1)
