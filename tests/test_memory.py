@@ -231,3 +231,38 @@ def test_hand_written_gradients_with_a_carried_state() -> None:
         (y, m0, rows, adds, decay),
         atol=1e-7,
     )
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_read_backward_in_parts_equals_the_whole_batch(
+    monkeypatch: pytest.MonkeyPatch, heads: int
+) -> None:
+    """The read's backward runs a few samples at a time (``memory_ops._PART_BYTES``); one
+    sample a part gives the gradients of the whole batch at once and passes gradcheck, with
+    one head (each part written in place) and two (each part copied into place)."""
+    from dtmem.model import memory_ops
+
+    g = torch.Generator().manual_seed(7)
+    H, B, K, N, S0, d_h, n_tok = heads, 3, 3, 5, 2, 4, 2
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    y, m0, adds = rand(H, B, K * n_tok, d_h), rand(H, N, d_h), rand(H, B, S0 + K, d_h)
+    rows = rand(H, B, S0 + K, N)
+    decay = (torch.rand(H, B, K, N, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    steps = torch.arange(K)
+    visible = torch.cat([torch.ones(K, S0, dtype=torch.bool), steps[:, None] > steps], dim=1)
+    visible = visible.repeat_interleave(n_tok, dim=0)
+    inputs = (y, m0, rows, adds, decay)
+
+    def f(*args: torch.Tensor) -> torch.Tensor:
+        return read(*args[:4], args[4], visible, 0.7)[0]
+
+    upstream = torch.randn(H, B, K * n_tok, d_h, generator=g, dtype=torch.float64)
+    whole = torch.autograd.grad(f(*inputs), inputs, upstream)
+    monkeypatch.setattr(memory_ops, "_PART_BYTES", 1)  # one sample a part
+    parts = torch.autograd.grad(f(*inputs), inputs, upstream)
+    for a, b in zip(whole, parts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(f, inputs, atol=1e-7)

@@ -226,39 +226,88 @@ class _Read(torch.autograd.Function):
             return (None,) * 8
         y, m0, rows, adds, decay, visible, ay, z, W, on = ctx.saved_tensors  # y scaled
         H, B, L, d_h = y.shape
-        N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
-        n_tok = L // K
-        rows_f = rows.reshape(H * B, S, N)
-        P = decay.unsqueeze(3)
+        N = m0.shape[1]
         gV = g_values.contiguous()
-        # values = W M_0 + on A
-        g_on = (gV @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S)
-        g_adds = on.transpose(2, 3) @ gV
-        # dL/dM_0 is built transposed, (H, d_h, N): the (d_h x BL) (BL x N) products run
-        # about 20% faster than (N x BL) (BL x d_h) with the long dimension inside
-        g_m0 = torch.bmm(gV.view(H, B * L, d_h).transpose(1, 2), W.view(H, B * L, N))
-        g_rows = torch.bmm(g_on.view(H * B, L, S).transpose(1, 2), W.view(H * B, L, N))
-        gW = torch.bmm(gV.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
-        gW.baddbmm_(g_on.view(H * B, L, S), rows_f)
-        # W = α P, α = softmax(z), z = P raw, in gW's storage u. With gα = gW P:
-        # α gα = W gW = u, gz = α (gα - <gα, α>) = u - (W / P) <u, 1>, g_raw = P gz
-        u = gW.view(H, B, K, n_tok, N).mul_(W)
-        g_decay = _sum_tokens(u)  # through W: sum_j gW α = sum_j u / P, divided below
-        dot = u.sum(-1, keepdim=True)  # <gα, α>, (H, B, K, n_tok, 1)
-        u.mul_(P).addcmul_(W, dot, value=-1.0)  # g_raw
-        # through z: sum_j gz raw = sum_j g_raw z / P^2
-        g_decay.add_(_sum_token_products(u, z).div_(decay)).div_(decay)
-        g_raw = gW  # (H * B, L, N)
-        # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
-        g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
-        g_rows.baddbmm_(ay.view(H * B, L, S).transpose(1, 2), g_raw)
-        g_m0.baddbmm_(y.view(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N))
-        g_y = torch.bmm(g_raw.view(H, B * L, N), m0).view(H * B, L, d_h)
-        g_y.baddbmm_(g_ay.view(H * B, L, S), adds.reshape(H * B, S, d_h))
-        g_adds += g_ay.transpose(2, 3) @ y
-        g_y = g_y.view(H, B, L, d_h).mul_(ctx.scale)  # y was scaled
-        g_m0 = g_m0.transpose(1, 2)
-        return g_y, g_m0, g_rows.view(H, B, S, N), g_adds, g_decay, None, None, None
+        g_y, g_adds = torch.empty_like(y), torch.empty_like(adds)
+        g_rows, g_decay = torch.empty_like(rows), torch.empty_like(decay)
+        g_m0 = y.new_zeros(H, d_h, N)  # dL/dM_0 transposed, summed over the parts
+        # a few samples at a time: each part's (tokens x slots) gradient stays in cache
+        # through the elementwise passes and the four products that read it (11% of the
+        # backward at 1024 slots against the whole batch at once)
+        part = max(1, _PART_BYTES // (L * N * y.element_size()))
+        for b in range(0, B, part):
+            s = slice(b, b + part)
+            _read_backward_part(
+                gV[:, s], y[:, s], m0, rows[:, s], adds[:, s], decay[:, s], visible,
+                (ay[:, s], z[:, s], W[:, s], on[:, s]),
+                (g_y[:, s], g_adds[:, s], g_rows[:, s], g_decay[:, s]), g_m0,
+            )  # fmt: skip
+        g_y.mul_(ctx.scale)  # y was scaled
+        return g_y, g_m0.transpose(1, 2), g_rows, g_adds, g_decay, None, None, None
+
+
+_PART_BYTES = 1 << 20  # the read backward's (tokens x slots) block per part, float32: 1 MB
+
+
+def _read_backward_part(
+    gV: torch.Tensor,
+    y: torch.Tensor,
+    m0: torch.Tensor,
+    rows: torch.Tensor,
+    adds: torch.Tensor,
+    decay: torch.Tensor,
+    visible: torch.Tensor,
+    saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    outs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    g_m0: torch.Tensor,
+) -> None:
+    """The read's backward for some samples (B of them, a slice of the batch): writes
+    dL/dy, dL/dA, dL/dĈ, dL/dP into ``outs`` and adds dL/dM_0 (transposed) into ``g_m0``."""
+    ay, z, W, on = saved
+    o_y, o_adds, o_rows, o_decay = outs
+    H, B, L, d_h = y.shape
+    N, S, K = m0.shape[1], rows.shape[2], decay.shape[2]
+    n_tok = L // K
+    rows_f = rows.reshape(H * B, S, N)
+    W = W.reshape(H, B, L, N)
+    P = decay.unsqueeze(3)
+    # values = W M_0 + on A
+    g_on = (gV @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S)
+    torch.matmul(on.transpose(2, 3), gV, out=o_adds)
+    # dL/dM_0 is built transposed, (H, d_h, N): the (d_h x BL) (BL x N) products run
+    # about 20% faster than (N x BL) (BL x d_h) with the long dimension inside
+    g_m0.baddbmm_(gV.reshape(H, B * L, d_h).transpose(1, 2), W.reshape(H, B * L, N))
+    g_rows = _view_or_new(o_rows, H * B, S, N)
+    torch.bmm(g_on.reshape(H * B, L, S).transpose(1, 2), W.reshape(H * B, L, N), out=g_rows)
+    gW = torch.bmm(gV.reshape(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
+    gW.baddbmm_(g_on.reshape(H * B, L, S), rows_f)
+    # W = α P, α = softmax(z), z = P raw, in gW's storage u. With gα = gW P:
+    # α gα = W gW = u, gz = α (gα - <gα, α>) = u - (W / P) <u, 1>, g_raw = P gz
+    W5 = W.reshape(H, B, K, n_tok, N)
+    u = gW.view(H, B, K, n_tok, N).mul_(W5)
+    g_decay = _sum_tokens(u, out=o_decay)  # through W: sum_j gW α = sum_j u / P, divided below
+    dot = u.sum(-1, keepdim=True)  # <gα, α>, (H, B, K, n_tok, 1)
+    u.mul_(P).addcmul_(W5, dot, value=-1.0)  # g_raw
+    # through z: sum_j gz raw = sum_j g_raw z / P^2
+    z5 = z.reshape(H, B, K, n_tok, N)
+    g_decay.add_(_sum_token_products(u, z5).div_(decay)).div_(decay)
+    g_raw = gW  # (H * B, L, N)
+    # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
+    g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
+    g_rows.baddbmm_(ay.reshape(H * B, L, S).transpose(1, 2), g_raw)
+    g_m0.baddbmm_(y.reshape(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N))
+    g_y = _view_or_new(o_y, H, B * L, d_h)
+    torch.bmm(g_raw.view(H, B * L, N), m0, out=g_y)
+    g_y.view(H * B, L, d_h).baddbmm_(g_ay.reshape(H * B, L, S), adds.reshape(H * B, S, d_h))
+    o_adds += g_ay.transpose(2, 3) @ y
+    for out, got in ((o_rows, g_rows), (o_y, g_y)):
+        if got.data_ptr() != out.data_ptr():  # a part of several heads is not contiguous
+            out.copy_(got.view(out.shape))
+
+
+def _view_or_new(out: torch.Tensor, *shape: int) -> torch.Tensor:
+    """``out`` viewed as ``shape`` when contiguous, else a new tensor to copy into it."""
+    return out.view(*shape) if out.is_contiguous() else out.new_empty(shape)
 
 
 def _sum_token_products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -270,13 +319,13 @@ def _sum_token_products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _sum_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(H, B, K, n_tok, N) -> (H, B, K, N), the sum over each step's tokens. A few adds of
-    slices are twice as fast as ``sum(3)`` over the small middle dimension on CPU."""
+def _sum_tokens(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(H, B, K, n_tok, N) -> ``out`` (H, B, K, N), the sum over each step's tokens. A few
+    adds of slices are twice as fast as ``sum(3)`` over the small middle dimension on CPU."""
     n_tok = x.shape[3]
     if n_tok == 1 or n_tok > 8:
-        return x.sum(3)
-    out = torch.add(x[:, :, :, 0], x[:, :, :, 1])
+        return torch.sum(x, 3, out=out)
+    torch.add(x[:, :, :, 0], x[:, :, :, 1], out=out)
     for i in range(2, n_tok):
         out += x[:, :, :, i]
     return out
