@@ -231,10 +231,10 @@ class _Read(torch.autograd.Function):
         g_y, g_adds = torch.empty_like(y), torch.empty_like(adds)
         g_rows, g_decay = torch.empty_like(rows), torch.empty_like(decay)
         g_m0 = y.new_zeros(H, d_h, N)  # dL/dM_0 transposed, summed over the parts
-        # a few samples at a time: each part's (tokens x slots) gradient stays in cache
-        # through the elementwise passes and the four products that read it (11% of the
-        # backward at 1024 slots against the whole batch at once)
-        part = max(1, _PART_BYTES // (L * N * y.element_size()))
+        # on the CPU a few samples at a time: each part's (tokens x slots) gradient stays in
+        # cache through the elementwise passes and the four products that read it (11% of
+        # the backward at 1024 slots against the whole batch at once); a GPU takes it whole
+        part = B if y.is_cuda else max(1, _PART_BYTES // (L * N * y.element_size()))
         for b in range(0, B, part):
             s = slice(b, b + part)
             _read_backward_part(
