@@ -41,6 +41,7 @@ from dtmem.experiment import (
     STAGE,
     TAG_CODE_VERSION,
     TAG_EXPERIMENT,
+    TAG_NODE_KEY,
     TAG_REPLACES,
 )
 from dtmem.experiment.cache import Lookup, Output, lookup, record_outputs
@@ -272,8 +273,6 @@ def _stop_in_flight(ctx: _Context, futures: list[Future[NodeOutcome]]) -> None:
     kill those that do not stop within ``STOP_GRACE_S``, and end any run of theirs left
     RUNNING as KILLED."""
     import ray
-
-    from dtmem.experiment import TAG_NODE_KEY
 
     with ctx.lock:
         names, refs = list(ctx.in_flight), list(ctx.in_flight.values())

@@ -387,16 +387,10 @@ class DecisionTransformer(nn.Module):
         the return, samples one, then the action: no token before the return token changed,
         so each block runs for that one token, against the keys, values and memory writes
         ``forward_step(keep=True)`` kept. Returns the action only (K = 1)."""
-        spec = self.spec
-        at = cache.step * spec.tokens_per_step + self.n_obs_tokens  # the return tokens
-        if spec.return_bins:
-            x = self.embed_return(returns_to_go.long())
-        else:
-            x = self.embed_return(returns_to_go.unsqueeze(-1).to(self.pos_emb.dtype))
+        at = cache.step * self.spec.tokens_per_step + self.n_obs_tokens  # the return tokens
+        x = self._embed_returns(returns_to_go, self.pos_emb.dtype)
         if self.embed_timestep is not None:
-            x = x + self.embed_timestep(
-                timesteps.long().clamp(0, self.embed_timestep.num_embeddings - 1)
-            )
+            x = x + self._embed_timesteps(timesteps)
         x = self.drop(x + self.pos_emb[at]).unsqueeze(1)  # (B, 1, d)
         for block, k, v, memory in zip(
             self.blocks, cache.keys, cache.values, cache.memory, strict=True
@@ -466,10 +460,7 @@ class DecisionTransformer(nn.Module):
         spec = self.spec
         if spec.context < K:
             raise ValueError(f"window of {K} steps is longer than the context {spec.context}")
-        if spec.return_bins:
-            ret = self.embed_return(returns_to_go.long())  # (B, K, d)
-        else:
-            ret = self.embed_return(returns_to_go.unsqueeze(-1).to(obs_tokens.dtype))
+        ret = self._embed_returns(returns_to_go, obs_tokens.dtype)  # (B, K, d)
         if spec.action_kind == "discrete":
             act = self.embed_action(actions.long())  # (B, K, d)
         else:
@@ -479,8 +470,19 @@ class DecisionTransformer(nn.Module):
             parts.append(self.embed_reward(rewards.long()).unsqueeze(2))
         x = torch.cat(parts, dim=2)  # (B, K, n_tok, d)
         if self.embed_timestep is not None:
-            t = timesteps.long().clamp(0, self.embed_timestep.num_embeddings - 1)
-            x = x + self.embed_timestep(t).unsqueeze(2)
+            x = x + self._embed_timesteps(timesteps).unsqueeze(2)
         n_tok = x.shape[2]
         x = x.reshape(B, K * n_tok, d) + self.pos_emb[: K * n_tok]  # (B, L, d)
         return self.drop(x)
+
+    def _embed_returns(self, returns_to_go: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Return-to-go (...) -> (..., d): MDT's bins, or the scaled value."""
+        if self.spec.return_bins:
+            return self.embed_return(returns_to_go.long())
+        return self.embed_return(returns_to_go.unsqueeze(-1).to(dtype))
+
+    def _embed_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Episode timesteps (...) -> (..., d), past the table's end clamped to its last row."""
+        assert self.embed_timestep is not None
+        t = timesteps.long().clamp(0, self.embed_timestep.num_embeddings - 1)
+        return self.embed_timestep(t)
