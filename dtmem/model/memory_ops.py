@@ -199,10 +199,14 @@ class _Read(torch.autograd.Function):
         rows_f = rows.reshape(H * B, S, N)
         adds_f = adds.reshape(H * B, S, d_h)
         P = decay.unsqueeze(3)  # (H, B, K, 1, N): P_{t-1} for every token of step t
-        y = y * scale  # scaled keys: fewer elements than the scores
-        ay = (y @ adds.transpose(2, 3)).mul_(visible)  # (H, B, L, S): a_s . y_j, causal
-        z = torch.bmm(y.view(H, B * L, d_h), m0.transpose(1, 2)).view(H * B, L, N)
-        z.baddbmm_(ay.view(H * B, L, S), rows_f)  # raw: M_0 . y_j + sum_s Ĉ_s (a_s . y_j)
+        # the keys' scale rides on the products (their alpha) and the causal mask: no pass
+        # over y, forward or backward
+        y = y.contiguous()
+        ay = (y @ adds.transpose(2, 3)).mul_(visible * scale)  # (H, B, L, S): a_s . y_j scaled
+        z = y.new_empty(H, B * L, N)
+        z.baddbmm_(y.view(H, B * L, d_h), m0.transpose(1, 2), beta=0.0, alpha=scale)
+        z = z.view(H * B, L, N)
+        z.baddbmm_(ay.view(H * B, L, S), rows_f)  # raw: (M_0 . y_j + sum_s Ĉ_s (a_s . y_j)) / √d
         z = z.view(H, B, K, n_tok, N).mul_(P)  # z = P raw: M_{t-1} . y_j
         W = torch.softmax(z, dim=-1)
         alpha = W.clone() if record else None
@@ -224,7 +228,7 @@ class _Read(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         if g_values is None:
             return (None,) * 8
-        y, m0, rows, adds, decay, visible, ay, z, W, on = ctx.saved_tensors  # y scaled
+        y, m0, rows, adds, decay, visible, ay, z, W, on = ctx.saved_tensors  # y not scaled
         H, B, L, d_h = y.shape
         N = m0.shape[1]
         gV = g_values.contiguous()
@@ -240,9 +244,8 @@ class _Read(torch.autograd.Function):
             _read_backward_part(
                 gV[:, s], y[:, s], m0, rows[:, s], adds[:, s], decay[:, s], visible,
                 (ay[:, s], z[:, s], W[:, s], on[:, s]),
-                (g_y[:, s], g_adds[:, s], g_rows[:, s], g_decay[:, s]), g_m0,
+                (g_y[:, s], g_adds[:, s], g_rows[:, s], g_decay[:, s]), g_m0, ctx.scale,
             )  # fmt: skip
-        g_y.mul_(ctx.scale)  # y was scaled
         return g_y, g_m0.transpose(1, 2), g_rows, g_adds, g_decay, None, None, None
 
 
@@ -260,9 +263,11 @@ def _read_backward_part(
     saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     outs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     g_m0: torch.Tensor,
+    scale: float,
 ) -> None:
     """The read's backward for some samples (B of them, a slice of the batch): writes
-    dL/dy, dL/dA, dL/dĈ, dL/dP into ``outs`` and adds dL/dM_0 (transposed) into ``g_m0``."""
+    dL/dy, dL/dA, dL/dĈ, dL/dP into ``outs`` and adds dL/dM_0 (transposed) into ``g_m0``.
+    ``y`` is unscaled, ``ay`` and ``z`` scaled (the forward's)."""
     ay, z, W, on = saved
     o_y, o_adds, o_rows, o_decay = outs
     H, B, L, d_h = y.shape
@@ -292,14 +297,16 @@ def _read_backward_part(
     z5 = z.reshape(H, B, K, n_tok, N)
     g_decay.add_(_sum_token_products(u, z5).div_(decay)).div_(decay)
     g_raw = gW  # (H * B, L, N)
-    # raw = y M_0^T + ay Ĉ, ay = (y A^T) * visible
+    # raw = scale (y M_0^T) + ay Ĉ, ay = scale (y A^T) * visible: the scale on the alphas
     g_ay = torch.bmm(g_raw, rows_f.transpose(1, 2)).view(H, B, L, S).mul_(visible)
     g_rows.baddbmm_(ay.reshape(H * B, L, S).transpose(1, 2), g_raw)
-    g_m0.baddbmm_(y.reshape(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N))
+    g_m0.baddbmm_(y.reshape(H, B * L, d_h).transpose(1, 2), g_raw.view(H, B * L, N), alpha=scale)
     g_y = _view_or_new(o_y, H, B * L, d_h)
-    torch.bmm(g_raw.view(H, B * L, N), m0, out=g_y)
-    g_y.view(H * B, L, d_h).baddbmm_(g_ay.reshape(H * B, L, S), adds.reshape(H * B, S, d_h))
-    o_adds += g_ay.transpose(2, 3) @ y
+    g_y.baddbmm_(g_raw.view(H, B * L, N), m0, beta=0.0, alpha=scale)
+    g_y.view(H * B, L, d_h).baddbmm_(
+        g_ay.reshape(H * B, L, S), adds.reshape(H * B, S, d_h), alpha=scale
+    )
+    o_adds.add_(g_ay.transpose(2, 3) @ y, alpha=scale)
     for out, got in ((o_rows, g_rows), (o_y, g_y)):
         if got.data_ptr() != out.data_ptr():  # a part of several heads is not contiguous
             out.copy_(got.view(out.shape))
@@ -346,8 +353,8 @@ def read(
         α_j   = softmax_i( scale P_{t-1}[i] ( M_0[i] . y_j + sum_{s<t} Ĉ_s[i] (a_s . y_j) ) )
         v_j   = (α_j P_{t-1}) M_0 + sum_{s<t} ((α_j P_{t-1}) . Ĉ_s) a_s
 
-    y (H, B, L, d_h) read keys, unscaled (``scale``, 1 / sqrt(d_h), is applied inside, to y:
-    fewer elements than the scores); m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
+    y (H, B, L, d_h) read keys, unscaled (``scale``, 1 / sqrt(d_h), is applied inside, as the
+    products' alpha: no pass of its own); m0 (H, N, d_h); rows Ĉ (H, B, S, N); adds A
     (H, B, S, d_h); decay P_{t-1} (H, B, K, N); visible (L, S), 1 where token j may read add s.
     Returns v (H, B, L, d_h) and α (H, B, L, N) (not differentiable: a record, for probes),
     or None for α when ``record`` is False: training does not keep it, and the copy is one
