@@ -7,8 +7,9 @@ built in them, episodes recorded and written to a temp dir, datasets committed, 
 run and the summary), what a user waits for. The plain loop is ``record_episodes`` on one
 env in this process, no Ray, nothing written. Ray is started once beforehand, as a cluster
 would be. On a machine shared with other work, ``collect_machine_2_vs_1`` says how much a
-second process can add at all right now (the plain loop in 2 warm processes at once against
-1, measured in each pair's turn). Before the figures, where the calls' wall time went
+second process can add at all right now: the plain loop in 2 warm processes at once against
+1, measured in each pair's turn, the same episodes split evenly (each process half of every
+task's; one task per process would measure the tasks' unequal lengths, not the machine). Before the figures, where the calls' wall time went
 (``CollectResult.phases``, medians over pairs; per-actor phases are means over actors).
 Figures last, one per line: ``BENCH <name> <value>``.
 
@@ -55,23 +56,29 @@ def plain_loop(cfg: CollectConfig) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def _record(task: str, episodes: int) -> int:
-    """Env steps of ``episodes`` expert episodes of ``task`` (in a worker process)."""
+def _record(indices: range, total: int) -> int:
+    """Env steps of expert episodes ``indices`` (of ``total``) of every task, one task after
+    the other, its env built first (in a worker process)."""
     cfg = PolicyConfig(kind="expert", noise_std=0.1, epsilon=0.05)
-    env = make_env("metaworld", task, 1)
-    policy = make_policy(cfg, env.spec, 1, task)
-    got = record_episodes(env, policy, plan_episodes(0, task, range(episodes), total=episodes))
-    env.close()
-    return sum(r.episode.num_steps for r in got)
+    steps = 0
+    for task in TASKS:
+        env = make_env("metaworld", task, 1)
+        policy = make_policy(cfg, env.spec, 1, task)
+        got = record_episodes(env, policy, plan_episodes(0, task, indices, total=total))
+        env.close()
+        steps += sum(r.episode.num_steps for r in got)
+    return steps
 
 
 def machine_2_vs_1(pool: ProcessPoolExecutor, episodes: int) -> float:
     """What this machine allows right now: the plain loop in 2 processes at once against 1
-    (warm processes, one task each against both tasks in turn), steps/s ratio."""
+    (warm processes; each of the two runs half of every task's episodes), steps/s ratio."""
     t0 = time.perf_counter()
-    one = sum(pool.submit(_record, t, episodes).result() for t in TASKS)  # one at a time
+    one = pool.submit(_record, range(episodes), episodes).result()
     t1 = time.perf_counter()
-    two = sum(f.result() for f in [pool.submit(_record, t, episodes) for t in TASKS])
+    half = episodes // 2
+    parts = [range(half), range(half, episodes)]
+    two = sum(f.result() for f in [pool.submit(_record, r, episodes) for r in parts])
     t2 = time.perf_counter()
     return (two / (t2 - t1)) / (one / (t1 - t0))
 
@@ -108,13 +115,13 @@ def main() -> None:
         phases: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         machine: list[float] = []
         with ray_session(num_cpus=2), ProcessPoolExecutor(2, mp_context=spawn) as workers:
-            for f in [workers.submit(_record, t, 1) for t in TASKS]:  # warm: imports, envs
+            for f in [workers.submit(_record, range(1), 1) for _ in range(2)]:  # warm: imports
                 f.result()
             # warm-up: the MLflow store's tables are created by the first run, not a pair's
             tiny = {"episodes_per_task": 1, "max_steps": 5, "root": str(Path(tmp) / "warm")}
             run_collect(base.model_copy(update=tiny), console=Console(file=io.StringIO()))
             for i in range(repeats):
-                machine.append(machine_2_vs_1(workers, max(1, episodes // 4)))
+                machine.append(machine_2_vs_1(workers, max(2, episodes // 2)))
                 for actors in (1, 2):
                     cfg = base.model_copy(
                         update={"num_actors": actors, "root": str(Path(tmp) / f"ds{i}-{actors}")}
