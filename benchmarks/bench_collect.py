@@ -9,9 +9,10 @@ env in this process, no Ray, nothing written. Ray is started once beforehand, as
 would be. On a machine shared with other work, ``collect_machine_2_vs_1`` says how much a
 second process can add at all right now: the plain loop in 2 warm processes at once against
 1, measured in each pair's turn, the same episodes split evenly (each process half of every
-task's; one task per process would measure the tasks' unequal lengths, not the machine). Before the figures, where the calls' wall time went
-(``CollectResult.phases``, medians over pairs; per-actor phases are means over actors).
-Figures last, one per line: ``BENCH <name> <value>``.
+task's; one task per process would measure the tasks' unequal lengths, not the machine).
+Before the figures, where the calls' wall time went (``CollectResult.phases``, medians over
+pairs; per-actor phases are means over actors). Figures last, one per line:
+``BENCH <name> <value>``.
 
     python benchmarks/bench_collect.py            # about 2 minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # fewer episodes, one pair
