@@ -346,6 +346,53 @@ def test_tiny_study_fails_resumes_caches_and_reruns_an_altered_checkpoint(
     assert [r.info.run_id for r in finished] == [third.outcomes[SMOKE].run_id]
 
 
+def _swallows_one_interrupt(ready: str, second: str) -> None:
+    """A Ray task that loses the first KeyboardInterrupt (as one raised inside a finalizer
+    is lost) and marks the second before it unwinds."""
+    Path(ready).touch()
+    lost = 0
+    while True:
+        try:
+            while True:
+                sum(range(1000))
+        except KeyboardInterrupt:
+            lost += 1
+            if lost == 2:
+                Path(second).touch()
+                raise
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_cancel_is_sent_again_before_the_task_is_killed(ray_session, tmp_path) -> None:
+    """The runner's stop: a stage whose first interrupt was lost gets a second halfway
+    through the grace and unwinds from it (its marker), instead of being killed at the end."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.exceptions import TaskCancelledError
+
+    from dtmem.experiment.runner import cancel_within
+
+    ready, second = tmp_path / "ready", tmp_path / "second"
+    task = ray_session.remote(num_cpus=0, max_retries=0)(_swallows_one_interrupt)
+    ref = task.remote(str(ready), str(second))
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.1)
+    time.sleep(0.5)  # inside its loop
+    grace = 6.0
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(ray_session.get, ref)
+        t0 = time.monotonic()
+        cancel_within([ref], [result], grace)
+        took = time.monotonic() - t0
+        with pytest.raises(TaskCancelledError):
+            result.result(timeout=0)
+    assert second.exists()  # interrupted twice and unwound, not killed
+    assert grace / 2 <= took < grace
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_terminated_study_ends_its_runs_killed_not_running(

@@ -49,7 +49,7 @@ from dtmem.experiment.dag import Node, Plan
 from dtmem.experiment.stages import _timed_execute, bind
 from dtmem.interrupts import STOP_GRACE_S
 
-__all__ = ["NodeOutcome", "RunResult", "fit_resources", "run_experiment"]
+__all__ = ["NodeOutcome", "RunResult", "cancel_within", "fit_resources", "run_experiment"]
 
 
 @dataclass
@@ -270,21 +270,14 @@ def _schedule(ctx: _Context, capacity: Callable[[], dict[str, float]], max_paral
 
 def _stop_in_flight(ctx: _Context, futures: list[Future[NodeOutcome]]) -> None:
     """Cancel the nodes' Ray tasks (KeyboardInterrupt in each stage: its run ends KILLED),
-    kill those that do not stop within ``STOP_GRACE_S``, and end any run of theirs left
-    RUNNING as KILLED."""
-    import ray
-
+    kill those that do not stop within ``STOP_GRACE_S`` (``cancel_within``), and end any run
+    of theirs left RUNNING as KILLED."""
     with ctx.lock:
         names, refs = list(ctx.in_flight), list(ctx.in_flight.values())
     if not refs:
         return
     ctx.say(f"interrupted: stopping {len(refs)} running node(s): {', '.join(names)}")
-    for ref in refs:
-        ray.cancel(ref)
-    if wait(futures, timeout=STOP_GRACE_S).not_done:
-        for ref in refs:
-            ray.cancel(ref, force=True)
-        wait(futures, timeout=STOP_GRACE_S)
+    cancel_within(refs, futures, STOP_GRACE_S)
     if ctx.experiment_id is None:
         return
     for name in names:
@@ -294,6 +287,22 @@ def _stop_in_flight(ctx: _Context, futures: list[Future[NodeOutcome]]) -> None:
             f"tags.`{TAG_NODE_KEY}` = '{key}' and attributes.status = 'RUNNING'",
         ):
             ctx.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def cancel_within(refs: list[Any], futures: list[Future[Any]], grace: float) -> None:
+    """Cancel the Ray tasks ``refs`` (``futures`` wait on their results): a KeyboardInterrupt
+    in each, sent again halfway through ``grace``, then killed if still running.
+
+    Ray raises the interrupt at the task's next Python instruction; one that lands where it
+    is swallowed (a finalizer, a library's catch-all) is lost, and a second is raised afresh.
+    A study's terminated-study test once saw its stage train on, unanswered, until killed."""
+    import ray
+
+    for force in (False, False, True):
+        for ref in refs:
+            ray.cancel(ref, force=force)  # a task that has ended ignores it
+        if not wait(futures, timeout=grace / 2).not_done:
+            return
 
 
 def _stage_tag(node: Node) -> str:
