@@ -35,7 +35,6 @@ import re
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -214,39 +213,14 @@ def _connect(address: str, token: str | None) -> JobSubmissionClient:
 
 
 def _follow(client: JobSubmissionClient, job_id: str, out: IO[str]) -> None:
-    """Prints the job's logs as they come, until the job ends (Ray closes the stream).
-
-    The stream is read by its own event loop on a daemon thread while this thread waits, so
-    that Ctrl-C interrupts this thread at once. Under ``asyncio.run`` here, Ctrl-C only
-    cancels the stream and waits for it to unwind, and once (a test run from a clean clone)
-    the CLI was still following 30 s after it. After Ctrl-C the reader writes nothing more
-    and ends with the process."""
-    stop = threading.Event()
-    failed: list[BaseException] = []
+    """Prints the job's logs as they come, until the job ends (Ray closes the stream)."""
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            if stop.is_set():
-                return
             out.write(chunk)
             out.flush()
 
-    def read() -> None:
-        try:
-            asyncio.run(tail())
-        except BaseException as exc:  # raised again in the waiting thread
-            failed.append(exc)
-
-    reader = threading.Thread(target=read, name="job-logs", daemon=True)
-    reader.start()
-    try:
-        while reader.is_alive():
-            reader.join(0.25)
-    except KeyboardInterrupt:
-        stop.set()
-        raise
-    if failed:
-        raise failed[0]
+    asyncio.run(tail())
 
 
 def _final_status(
