@@ -11,6 +11,9 @@ How long an interrupted stage may take to unwind: a study gives each running nod
 ``STOP_GRACE_S`` before killing it (``dtmem.experiment.runner``), and ``dtmem submit`` asks
 Ray's job supervisor to wait ``JOB_STOP_WAIT_S`` after its SIGTERM before its SIGKILL
 (Ray's own default is 3 s, too short for runs to end KILLED).
+
+A study's node runs its stage as a Ray task inside ``cancellable()``, so that the runner's
+``ray.cancel`` interrupts it whatever SIGINT handler its worker process has.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["JOB_STOP_WAIT_S", "STOP_GRACE_S", "Terminated", "kept_across", "sigterm_interrupts"]
+__all__ = [
+    "JOB_STOP_WAIT_S",
+    "STOP_GRACE_S",
+    "Terminated",
+    "cancellable",
+    "kept_across",
+    "sigterm_interrupts",
+]
 
 STOP_GRACE_S = 20.0  # an interrupted study node's stage gets this long, then is killed
 JOB_STOP_WAIT_S = int(STOP_GRACE_S) + 10  # a submitted job: the grace, then the driver's end
@@ -63,3 +73,23 @@ def kept_across() -> Iterator[None]:
     finally:
         if ours:
             signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextmanager
+def cancellable() -> Iterator[None]:
+    """Around a stage run as a Ray task (a study's node): SIGINT raises KeyboardInterrupt
+    while the block runs, so that ``ray.cancel`` interrupts it. Ray cancels a running task by
+    calling SIGINT's Python handler in it (``_thread.interrupt_main``), which does nothing
+    where SIGINT is ignored (a worker of a driver started in the background or under nohup
+    inherits that), and runs whatever handler an earlier task in the same worker left (Ray
+    Train's ``fit`` leaves one that tries to abort its own, finished run). The previous
+    handler is restored after. Main thread only."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

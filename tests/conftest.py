@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # own, shared by its tests and Ray workers, removed at the end: never the user's ~/.cache.
 _CACHE = tempfile.mkdtemp(prefix="dtmem-test-cache-")
 os.environ["DTMEM_CACHE"] = _CACHE
+# A run started in the background (`make test &`, nohup) inherits SIGINT ignored, and so
+# would every process it starts: Ray's workers, whose cancel is SIGINT's handler, and the
+# CLIs that tests send Ctrl-C. The tests run as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")

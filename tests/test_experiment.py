@@ -393,6 +393,56 @@ def test_a_lost_cancel_is_sent_again_before_the_task_is_killed(ray_session, tmp_
     assert grace / 2 <= took < grace
 
 
+def _ignores_sigint_then_runs_cancellable(ready: str, interrupted: str, after: str) -> None:
+    """A stage-like Ray task in a worker that ignores SIGINT (as the workers of a driver
+    started in the background or under nohup do): it runs inside ``cancellable``, marks the
+    KeyboardInterrupt it gets, and records the handler it finds afterwards."""
+    import signal
+
+    from dtmem.interrupts import cancellable
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cancellable():
+            Path(ready).touch()
+            try:
+                while True:
+                    sum(range(1000))
+            except KeyboardInterrupt:
+                Path(interrupted).touch()
+                raise
+    finally:
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        Path(after).write_text("ignored" if ignored else "other")
+        signal.signal(signal.SIGINT, before)  # the shared worker as it was
+
+
+@pytest.mark.timeout(120)
+def test_a_stage_answers_ray_cancel_where_its_worker_ignores_sigint(ray_session, tmp_path) -> None:
+    """Ray's cancel calls SIGINT's handler in the task, which does nothing where SIGINT is
+    ignored; a study's stage runs inside ``cancellable`` and is interrupted all the same,
+    and the worker's own handler is put back after."""
+    import time
+
+    from ray.exceptions import TaskCancelledError
+
+    ready, hit, after = tmp_path / "ready", tmp_path / "interrupted", tmp_path / "after"
+    task = ray_session.remote(num_cpus=0, max_retries=0)(_ignores_sigint_then_runs_cancellable)
+    ref = task.remote(str(ready), str(hit), str(after))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.1)
+        ray_session.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            ray_session.get(ref, timeout=20)
+    finally:
+        ray_session.cancel(ref, force=True)  # never left spinning in the shared Ray
+    assert hit.exists()
+    assert after.read_text() == "ignored"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_terminated_study_ends_its_runs_killed_not_running(

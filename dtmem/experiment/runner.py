@@ -294,8 +294,10 @@ def cancel_within(refs: list[Any], futures: list[Future[Any]], grace: float) -> 
     in each, sent again halfway through ``grace``, then killed if still running.
 
     Ray raises the interrupt at the task's next Python instruction; one that lands where it
-    is swallowed (a finalizer, a library's catch-all) is lost, and a second is raised afresh.
-    A study's terminated-study test once saw its stage train on, unanswered, until killed."""
+    is swallowed (a finalizer, a library's catch-all) is lost, and a second is raised afresh
+    (``test_a_lost_cancel_is_sent_again_before_the_task_is_killed``). The stage itself runs
+    inside ``dtmem.interrupts.cancellable``, without which no cancel reaches it at all where
+    its worker ignores SIGINT."""
     import ray
 
     for force in (False, False, True):

@@ -211,6 +211,9 @@ def bind(
 def _timed_execute(
     node: Node, cfg: Any, tracking: TrackingConfig, root: Path
 ) -> tuple[str, list[Output], float]:
+    from dtmem.interrupts import cancellable
+
     t0 = time.perf_counter()
-    run_id, outputs = _execute(node, cfg, tracking, root)
+    with cancellable():  # the runner's stop (ray.cancel) interrupts the stage
+        run_id, outputs = _execute(node, cfg, tracking, root)
     return run_id, outputs, time.perf_counter() - t0
