@@ -346,20 +346,30 @@ def test_tiny_study_fails_resumes_caches_and_reruns_an_altered_checkpoint(
     assert [r.info.run_id for r in finished] == [third.outcomes[SMOKE].run_id]
 
 
-def _swallows_one_interrupt(ready: str, second: str) -> None:
-    """A Ray task that loses the first KeyboardInterrupt (as one raised inside a finalizer
-    is lost) and marks the second before it unwinds."""
-    Path(ready).touch()
+def _spin(ready: str, marker: str, lose: int = 0) -> None:
+    """A Ray task's busy loop: says it is running (``ready``), loses its first ``lose``
+    KeyboardInterrupts (as one raised inside a finalizer is lost), then marks the next one
+    (``marker``) and unwinds from it."""
     lost = 0
     while True:
         try:
+            Path(ready).touch()  # inside the try: an interrupt after it is one of the loop's
             while True:
                 sum(range(1000))
         except KeyboardInterrupt:
             lost += 1
-            if lost == 2:
-                Path(second).touch()
+            if lost > lose:
+                Path(marker).touch()
                 raise
+
+
+def _started(ready: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.1)
 
 
 @pytest.mark.timeout(120)
@@ -374,13 +384,9 @@ def test_a_lost_cancel_is_sent_again_before_the_task_is_killed(ray_session, tmp_
     from dtmem.experiment.runner import cancel_within
 
     ready, second = tmp_path / "ready", tmp_path / "second"
-    task = ray_session.remote(num_cpus=0, max_retries=0)(_swallows_one_interrupt)
-    ref = task.remote(str(ready), str(second))
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.1)
-    time.sleep(0.5)  # inside its loop
+    task = ray_session.remote(num_cpus=0, max_retries=0)(_spin)
+    ref = task.remote(str(ready), str(second), lose=1)
+    _started(ready)
     grace = 6.0
     with ThreadPoolExecutor(1) as pool:
         result = pool.submit(ray_session.get, ref)
@@ -393,10 +399,10 @@ def test_a_lost_cancel_is_sent_again_before_the_task_is_killed(ray_session, tmp_
     assert grace / 2 <= took < grace
 
 
-def _ignores_sigint_then_runs_cancellable(ready: str, interrupted: str, after: str) -> None:
-    """A stage-like Ray task in a worker that ignores SIGINT (as the workers of a driver
-    started in the background or under nohup do): it runs inside ``cancellable``, marks the
-    KeyboardInterrupt it gets, and records the handler it finds afterwards."""
+def _spin_cancellable_ignoring_sigint(ready: str, interrupted: str, after: str) -> None:
+    """``_spin`` as a stage in a worker that ignores SIGINT (as the workers of a driver
+    started in the background or under nohup do), inside ``cancellable``; records the
+    handler it finds afterwards."""
     import signal
 
     from dtmem.interrupts import cancellable
@@ -404,13 +410,7 @@ def _ignores_sigint_then_runs_cancellable(ready: str, interrupted: str, after: s
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with cancellable():
-            Path(ready).touch()
-            try:
-                while True:
-                    sum(range(1000))
-            except KeyboardInterrupt:
-                Path(interrupted).touch()
-                raise
+            _spin(ready, interrupted)
     finally:
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         Path(after).write_text("ignored" if ignored else "other")
@@ -422,18 +422,13 @@ def test_a_stage_answers_ray_cancel_where_its_worker_ignores_sigint(ray_session,
     """Ray's cancel calls SIGINT's handler in the task, which does nothing where SIGINT is
     ignored; a study's stage runs inside ``cancellable`` and is interrupted all the same,
     and the worker's own handler is put back after."""
-    import time
-
     from ray.exceptions import TaskCancelledError
 
     ready, hit, after = tmp_path / "ready", tmp_path / "interrupted", tmp_path / "after"
-    task = ray_session.remote(num_cpus=0, max_retries=0)(_ignores_sigint_then_runs_cancellable)
+    task = ray_session.remote(num_cpus=0, max_retries=0)(_spin_cancellable_ignoring_sigint)
     ref = task.remote(str(ready), str(hit), str(after))
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert time.monotonic() < deadline, "the task never started"
-            time.sleep(0.1)
+        _started(ready)
         ray_session.cancel(ref)
         with pytest.raises(TaskCancelledError):
             ray_session.get(ref, timeout=20)
