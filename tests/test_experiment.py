@@ -454,6 +454,7 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
 
     from dtmem.data.synthetic import write_metaworld_like
     from dtmem.experiment.runner import STOP_GRACE_S, run_experiment
+    from dtmem.experiment.status import experiment_status
     from dtmem.interrupts import Terminated, sigterm_interrupts
 
     root = tmp_path / "datasets"
@@ -492,6 +493,8 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
     assert parent.info.status == "KILLED"
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert "RUNNING" not in statuses
+    _, rows = experiment_status(plan)
+    assert {r.name: r.state for r in rows}[SMOKE] == "stopped"  # not mistaken for a bug
 
 
 @pytest.mark.slow

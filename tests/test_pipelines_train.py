@@ -1,6 +1,7 @@
 """The pretrain and finetune pipelines end to end on tiny Meta-World-like datasets written in
 tmp: the smoke configs, what lands in MLflow, LoRA/frozen fine-tuning, bad input refused
-before any compute, and a 2-worker Ray Train run that survives a killed worker."""
+before any compute, and a 2-worker Ray Train run that survives a killed worker and stops on
+Ctrl-C."""
 
 from __future__ import annotations
 
@@ -396,6 +397,64 @@ def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session, monkeypa
     too_many = cfg.scaling.model_copy(update={"num_workers": 3})
     with pytest.raises(ValueError, match="need 3 CPUs"):
         run_pretrain(cfg.model_copy(update={"scaling": too_many, "run_name": "ray3"}))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_during_ray_train_unwinds_the_stage(env, ray_session) -> None:
+    """Ctrl-C once 2 Ray Train workers have checkpointed: KeyboardInterrupt out of the stage
+    (Train's own handler made it SystemExit(1), the run FAILED), the run ends KILLED, the
+    Train run is aborted (its CPUs free again) and SIGINT's handler is the one before."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.pretrain import run_pretrain
+
+    cfg = load_config(
+        PretrainConfig,
+        CONFIGS / "smoke" / "pretrain.yaml",
+        [
+            *common(env, "ray-ctrl-c"),
+            *TINY_MODEL,
+            "scaling.num_workers=2",
+            "optim.max_steps=3000",  # minutes: the interrupt comes long before the end
+            "checkpoint.every_steps=4",
+            "data.batch_size=8",
+            "registry.name=null",
+        ],
+    )
+    run_dir = Path(env["tmp"]) / "ckpt" / "ray-ctrl-c"
+    sent: list[float] = []
+
+    def interrupt_once_checkpointed() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not any(run_dir.glob("step_*")):
+            time.sleep(0.2)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    watcher = threading.Thread(target=interrupt_once_checkpointed, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(cfg)
+    stopped = time.monotonic()
+    watcher.join()
+    assert any(run_dir.glob("step_*")) and stopped - sent[0] < 20
+    assert signal.getsignal(signal.SIGINT) is before
+    client = MlflowClient(str(env["uri"]))
+    ids = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(ids, "attributes.run_name = 'ray-ctrl-c'")
+    assert run.info.status == "KILLED"
+    deadline = time.monotonic() + 15
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the Train run's workers still hold their CPUs"
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- watching a run

@@ -7,7 +7,8 @@ States, from the runs that carry the node's key:
              until the node runs again)
     done     a finished run with its outputs recorded, made by the latest experiment run
     cached   such a run from an earlier experiment run (the latest one reused it)
-    failed   the newest run of the key failed or was killed
+    failed   the newest run of the key failed
+    stopped  the newest run of the key was stopped (KILLED: Ctrl-C, SIGTERM, a study's stop)
     pending  no run yet
 Outputs are not re-hashed here: ``plan`` and ``run`` verify them.
 """
@@ -29,7 +30,7 @@ class NodeStatus:
     name: str
     stage: str
     key: str
-    state: str  # done | cached | running | failed | pending
+    state: str  # done | cached | running | failed | stopped | pending
     run_id: str | None
     wall_s: float | None
 
@@ -71,7 +72,8 @@ def experiment_status(plan: Plan) -> tuple[str | None, list[NodeStatus]]:
             made_now = run.data.tags.get(TAG_EXPERIMENT_RUN) == latest
             state = "done" if made_now else "cached"
         elif runs:
-            state, run = "failed", runs[0]
+            run = runs[0]
+            state = "stopped" if run.info.status == "KILLED" else "failed"
         wall = None
         if run is not None and run.info.start_time:
             end = run.info.end_time or now_ms

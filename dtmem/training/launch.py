@@ -7,6 +7,13 @@ reuses a Ray already running, e.g. a sweep's or the experiment runner's). Worker
 restart the whole worker group (``FailureConfig``), and the loop resumes from the run
 directory's last checkpoint. A sweep trial passes its own worker function (the loop with a
 per-checkpoint report) and Ray Train callbacks (``TuneReportCallback``).
+
+Ctrl-C (or a study's ``ray.cancel``) during ``fit`` is the stage's, as in one process: it
+raises ``KeyboardInterrupt`` where ``fit`` waits, the Train run is aborted (its workers and
+their CPUs released), and the interrupt goes on up, so that the stage's runs end KILLED and
+the command exits 130. Left to itself, Train V2's ``fit`` installs a SIGINT handler whose
+abort ends in ``SystemExit(1)`` out of ``fit`` (Ray 2.60: the controller exits as it
+aborts), a silent exit 1 with the runs FAILED, and which it leaves installed after ``fit``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dtmem.config.train import FailureConfig, ScalingConfig
 from dtmem.training.loop import TrainJob, local_context, ray_context, run_worker
 
 __all__ = ["RayResourcesError", "check_ray_resources", "launch", "ray_worker"]
+
+ABORT_WAIT_S = 10.0  # an interrupted Train run's abort may take this long, then it is killed
 
 
 class RayResourcesError(ValueError):
@@ -100,8 +109,16 @@ def _fit(
 
     from dtmem.training import faults
 
+    class Trainer(TorchTrainer):
+        """``TorchTrainer`` that leaves SIGINT to the stage (see the module docstring)."""
+
+        controller: Any = None
+
+        def _register_sigint_handler(self, controller: Any) -> None:  # Train V2's own hook
+            self.controller = controller
+
     run_dir = Path(job.run_dir)
-    trainer = TorchTrainer(
+    trainer = Trainer(
         worker_fn,
         train_loop_config={"job": job, "test_env": faults.forwarded()},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
@@ -120,4 +137,25 @@ def _fit(
             callbacks=list(callbacks),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        _abort(trainer.controller)
+        raise
+
+
+def _abort(controller: Any) -> None:
+    """Abort an interrupted Train run: its workers stop and their CPUs are freed. The
+    controller exits as it aborts; one that does not within ``ABORT_WAIT_S`` is killed.
+    None: interrupted before the controller started (nothing to abort)."""
+    if controller is None:
+        return
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        ray.get(controller.abort.remote(), timeout=ABORT_WAIT_S)
+    except RayActorError:  # the controller exited: the abort is done
+        pass
+    except GetTimeoutError:
+        ray.kill(controller)
