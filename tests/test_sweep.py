@@ -21,7 +21,7 @@ from dtmem.config.base import ConfigError, load_config
 from dtmem.config.sweep import SweepConfig
 from dtmem.config.train import FinetuneConfig, PretrainConfig
 from dtmem.data import synthetic
-from dtmem.sweep.base import SweepError, read_events
+from dtmem.sweep.base import RESULTS_ARTIFACT, SweepError, read_events
 from dtmem.sweep.plan import plan_sweep, resolve_base
 from dtmem.sweep.results import bootstrap_ci, plot_heatmap, plot_score, score_points
 from dtmem.sweep.space import (
@@ -499,6 +499,55 @@ def test_resume_after_the_driver_is_killed(env, ray_session) -> None:
         [exp.experiment_id], filter_string=f"tags.`dtmem.sweep_dir` = '{sweep_dir}'"
     )
     assert [p.info.run_id for p in parents] == [result.run_id]
+
+
+def test_ctrl_c_ends_the_sweep_interrupted_not_finished(env, ray_session) -> None:
+    """Ctrl-C once the first trial has checkpointed: Tune stops its trials and saves its
+    state, then KeyboardInterrupt: the sweep's run and the trial's end KILLED (the trial
+    'interrupted'), no results table and no sweep_end, SIGINT's handler the one before.
+    Left to Tune alone, the sweep returned its one stopped trial as a finished sweep."""
+    import threading
+
+    name = "ctrl-c"
+    sweep_dir = Path(env["tmp"]) / "sweeps" / name
+    cfg = smoke(
+        env,
+        name,
+        "space={model.memory.slots: {grid: [16, 24]}}",
+        "scheduler.kind=fifo",
+        "resources.max_concurrent_trials=1",
+        steps=2000,  # minutes: the interrupt comes long before the end
+    )
+    sent: list[float] = []
+
+    def interrupt_once_checkpointed() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(sweep_dir.glob("runs/*/step_*")):
+            time.sleep(0.1)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    watcher = threading.Thread(target=interrupt_once_checkpointed, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg)
+    stopped = time.monotonic()
+    watcher.join()
+    assert any(sweep_dir.glob("runs/*/step_*")) and stopped - sent[0] < 30
+    assert signal.getsignal(signal.SIGINT) is before
+    events = [e["event"] for e in read_events(sweep_dir)]
+    assert "sweep_end" not in events and events.count("train_begin") == 1
+    client = mlflow_client(env)
+    exp = client.get_experiment_by_name("sweep-tests")
+    (parent,) = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`dtmem.sweep_dir` = '{sweep_dir}'"
+    )
+    assert parent.info.status == "KILLED"
+    assert not (sweep_dir / "results.csv").exists()
+    assert RESULTS_ARTIFACT not in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    (trial,) = trial_runs(env, parent.info.run_id)
+    assert (trial.info.status, trial.data.tags["dtmem.trial_status"]) == ("KILLED", "interrupted")
 
 
 def test_asha_stops_a_train_trial_and_its_cpus_return(env, ray_session) -> None:

@@ -22,7 +22,13 @@ from pathlib import Path
 from dtmem.config.base import load_config
 from dtmem.config.sweep import SweepConfig
 from dtmem.sweep.base import STAGE, STATE_FILE, log_event, write_json
-from dtmem.sweep.driver import build_tuner, check_storage, quiet_ray, resources_per_trial
+from dtmem.sweep.driver import (
+    build_tuner,
+    check_storage,
+    quiet_ray,
+    resources_per_trial,
+    tune_interrupts,
+)
 from dtmem.sweep.plan import plan_sweep, resolve_base
 from dtmem.sweep.results import SweepResult, collect_rows, print_summary, report_results
 from dtmem.sweep.tracking import SWEEP_DIR_TAG, SWEEP_TAG, trial_config_yaml
@@ -63,7 +69,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, *, verbose: bool = False) 
             log_event(plan.sweep_dir, "sweep_resume" if resume else "sweep_start")
             plan = replace(plan, spec=replace(plan.spec, parent_run_id=parent.run_id))
             tuner = build_tuner(plan, trial_resources, concurrency, restore, verbose)
-            rows = collect_rows(plan, tuner.fit())
+            with tune_interrupts():
+                grid = tuner.fit()
+            rows = collect_rows(plan, grid)
             result = report_results(plan, parent, rows, time.time() - t0)
             log_event(plan.sweep_dir, "sweep_end", wall_s=result.wall_s)
     print_summary(result, plan)

@@ -64,6 +64,11 @@ reported with a checkpoint), the validation curve and the evaluation. The trial 
 so a restarted trial continues the same run (and the loop skips steps already logged).
 Early-stopped trials' runs end KILLED (tag ``dtmem.trial_status=early_stopped``).
 
+Ctrl-C (or a study's stop): Tune stops the running trials and saves its state, then the
+sweep raises ``KeyboardInterrupt`` (``driver.tune_interrupts``): its run and the stopped
+trials' end KILLED (``dtmem.trial_status=interrupted``), no results table is written, and
+``--resume`` finishes it. A second Ctrl-C stops at once.
+
 Resume: Tune's state lives in ``<storage_dir>/<name>/tune`` and every trial's checkpoints in
 ``<storage_dir>/<name>/runs/<trial_id>``, both named deterministically, so after the driver
 is killed ``--resume`` restores the experiment: finished trials are not run again (a trial

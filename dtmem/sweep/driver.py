@@ -1,7 +1,8 @@
 """The driver side of a sweep on Ray Tune: the cluster's room for trials, the ``Tuner``
 (ASHA or FIFO, basic or Optuna search) or its restore, the callback that frees an
 early-stopped trial's resources and ends its MLflow run, and the storage checks of a new or
-resumed sweep. Ray itself is entered by the caller, through ``dtmem.ray_session``.
+resumed sweep, and ``tune_interrupts`` (Ctrl-C ends the sweep interrupted, not finished).
+Ray itself is entered by the caller, through ``dtmem.ray_session``.
 
 In-process trials (``executor: local``) reuse their Ray actor for the next trial (Tune's
 ``reuse_actors``): the process, its imports (torch, MLflow) and its MLflow client stay warm,
@@ -14,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +45,7 @@ __all__ = [
     "check_storage",
     "quiet_ray",
     "resources_per_trial",
+    "tune_interrupts",
 ]
 
 
@@ -241,3 +245,36 @@ def quiet_ray(verbose: bool) -> Iterator[None]:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = engine
+
+
+@contextmanager
+def tune_interrupts() -> Iterator[None]:
+    """Around ``Tuner.fit``: a Ctrl-C (or a study's ``ray.cancel``) that Tune took as its
+    graceful stop (running trials stopped, its state saved, so that ``--resume`` finishes the
+    sweep) raises ``KeyboardInterrupt`` once ``fit`` returns; left alone, ``fit`` returned the
+    trials so far and the sweep ended as if finished, with fewer trials. Tune's handler is
+    not left installed after ``fit`` either.
+
+    How it knows (Ray 2.60, ``ray.tune.tune._setup_signal_catching``): on the main thread,
+    unless ``TUNE_DISABLE_SIGINT_HANDLER`` is set, ``fit`` installs a SIGINT handler that puts
+    back the handler it found when it fires and is never removed otherwise. The one put in
+    place here raises ``KeyboardInterrupt`` (so a second Ctrl-C stops at once): finding it
+    in place after ``fit`` means Tune's fired."""
+    tune_handles_sigint = threading.current_thread() is threading.main_thread() and not int(
+        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    if not tune_handles_sigint:  # a Ctrl-C raises in fit itself
+        yield
+        return
+
+    def interrupted_after_tune(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted_after_tune)
+    try:
+        yield
+        fired = signal.getsignal(signal.SIGINT) is interrupted_after_tune
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if fired:
+        raise KeyboardInterrupt

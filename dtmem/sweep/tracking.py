@@ -42,7 +42,7 @@ __all__ = [
 TRIAL_TAG = "dtmem.trial_id"
 SWEEP_TAG = "dtmem.sweep"
 SWEEP_DIR_TAG = "dtmem.sweep_dir"
-TRIAL_STATUS_TAG = "dtmem.trial_status"  # finished | early_stopped | failed
+TRIAL_STATUS_TAG = "dtmem.trial_status"  # finished | early_stopped | failed | interrupted
 PARENT_TAG = "mlflow.parentRunId"
 
 

@@ -210,9 +210,13 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
     run = trial_run(spec, cfg, trial_id, values, plan.tags)
     try:
         _train_and_finish(spec, cfg, plan, run, trial_id, values, t0)
-    except BaseException:
-        if not (run_dir / STOPPED_MARKER).exists():  # not the driver stopping it
-            end_trial_run(run.uri, run.run_id, "FAILED", "failed")
+    except BaseException as exc:
+        if not (run_dir / STOPPED_MARKER).exists():  # not the scheduler stopping it
+            # SystemExit: Tune stopping the trial (its report exits), as when the sweep is
+            # interrupted; a rerun (--resume) continues this run
+            stopped = isinstance(exc, SystemExit | KeyboardInterrupt)
+            end_trial_run(run.uri, run.run_id, *(("KILLED", "interrupted") if stopped
+                                                  else ("FAILED", "failed")))  # fmt: skip
         raise
 
 
