@@ -31,6 +31,7 @@ __all__ = [
     "cancellable",
     "kept_across",
     "sigterm_interrupts",
+    "sigterm_interrupts_active",
 ]
 
 STOP_GRACE_S = 20.0  # an interrupted study node's stage gets this long, then is killed
@@ -63,11 +64,16 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def sigterm_interrupts_active() -> bool:
+    """Whether SIGTERM raises ``Terminated`` here now (inside ``sigterm_interrupts``)."""
+    return signal.getsignal(signal.SIGTERM) is _raise_terminated
+
+
 @contextmanager
 def kept_across() -> Iterator[None]:
     """Around code that installs its own SIGTERM handler (``ray.init``): if SIGTERM raised
     ``Terminated`` before, it does again after."""
-    ours = _main_thread() and signal.getsignal(signal.SIGTERM) is _raise_terminated
+    ours = _main_thread() and sigterm_interrupts_active()
     try:
         yield
     finally:

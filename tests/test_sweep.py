@@ -501,14 +501,18 @@ def test_resume_after_the_driver_is_killed(env, ray_session) -> None:
     assert [p.info.run_id for p in parents] == [result.run_id]
 
 
-def test_ctrl_c_ends_the_sweep_interrupted_not_finished(env, ray_session) -> None:
-    """Ctrl-C once the first trial has checkpointed: Tune stops its trials and saves its
-    state, then KeyboardInterrupt: the sweep's run and the trial's end KILLED (the trial
-    'interrupted'), no results table and no sweep_end, SIGINT's handler the one before.
-    Left to Tune alone, the sweep returned its one stopped trial as a finished sweep."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_ends_the_sweep_interrupted_not_finished(env, ray_session, signum) -> None:
+    """Ctrl-C (SIGTERM as the CLI takes it) once the first trial has checkpointed: Tune stops
+    its trials and saves its state, then KeyboardInterrupt (Terminated): the sweep's run and
+    the trial's end KILLED (the trial 'interrupted'), no results table and no sweep_end, the
+    handlers the ones before. Left to Tune alone, Ctrl-C returned the stopped trial as a
+    finished sweep, and SIGTERM left the trial's run RUNNING."""
     import threading
 
-    name = "ctrl-c"
+    from dtmem.interrupts import Terminated, sigterm_interrupts
+
+    name = f"signal-{signum}"
     sweep_dir = Path(env["tmp"]) / "sweeps" / name
     cfg = smoke(
         env,
@@ -525,17 +529,18 @@ def test_ctrl_c_ends_the_sweep_interrupted_not_finished(env, ray_session) -> Non
         while time.monotonic() < deadline and not any(sweep_dir.glob("runs/*/step_*")):
             time.sleep(0.1)
         sent.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     watcher = threading.Thread(target=interrupt_once_checkpointed, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(cfg)
+    with sigterm_interrupts():
+        watcher.start()
+        with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
+            run_sweep(cfg)
     stopped = time.monotonic()
     watcher.join()
     assert any(sweep_dir.glob("runs/*/step_*")) and stopped - sent[0] < 30
-    assert signal.getsignal(signal.SIGINT) is before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     events = [e["event"] for e in read_events(sweep_dir)]
     assert "sweep_end" not in events and events.count("train_begin") == 1
     client = mlflow_client(env)

@@ -64,8 +64,9 @@ reported with a checkpoint), the validation curve and the evaluation. The trial 
 so a restarted trial continues the same run (and the loop skips steps already logged).
 Early-stopped trials' runs end KILLED (tag ``dtmem.trial_status=early_stopped``).
 
-Ctrl-C (or a study's stop): Tune stops the running trials and saves its state, then the
-sweep raises ``KeyboardInterrupt`` (``driver.tune_interrupts``): its run and the stopped
+Ctrl-C, SIGTERM (``ray job stop``) or a study's stop: Tune stops the running trials and
+saves its state, then the sweep raises ``KeyboardInterrupt`` (``Terminated`` for SIGTERM;
+``driver.tune_interrupts``): its run and the stopped
 trials' end KILLED (``dtmem.trial_status=interrupted``), no results table is written, and
 ``--resume`` finishes it. A second Ctrl-C stops at once.
 

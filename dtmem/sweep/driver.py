@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dtmem.config.tracking import TrackingConfig
+from dtmem.interrupts import Terminated, sigterm_interrupts_active
 from dtmem.sweep.base import (
     RESULT_FILE,
     RUNS_DIR,
@@ -252,29 +253,46 @@ def tune_interrupts() -> Iterator[None]:
     """Around ``Tuner.fit``: a Ctrl-C (or a study's ``ray.cancel``) that Tune took as its
     graceful stop (running trials stopped, its state saved, so that ``--resume`` finishes the
     sweep) raises ``KeyboardInterrupt`` once ``fit`` returns; left alone, ``fit`` returned the
-    trials so far and the sweep ended as if finished, with fewer trials. Tune's handler is
-    not left installed after ``fit`` either.
+    trials so far and the sweep ended as if finished, with fewer trials. Where SIGTERM is an
+    interruption (``dtmem.interrupts.sigterm_interrupts``: the CLI, ``ray job stop``), it
+    takes the same graceful stop and raises ``Terminated`` after; raised inside Tune's loop,
+    it left the trials' runs RUNNING. A second signal raises at once. Tune's handler is not
+    left installed after ``fit``.
 
     How it knows (Ray 2.60, ``ray.tune.tune._setup_signal_catching``): on the main thread,
     unless ``TUNE_DISABLE_SIGINT_HANDLER`` is set, ``fit`` installs a SIGINT handler that puts
     back the handler it found when it fires and is never removed otherwise. The one put in
-    place here raises ``KeyboardInterrupt`` (so a second Ctrl-C stops at once): finding it
-    in place after ``fit`` means Tune's fired."""
+    place here raises ``KeyboardInterrupt``: finding it in place after ``fit`` means Tune's
+    fired."""
     tune_handles_sigint = threading.current_thread() is threading.main_thread() and not int(
         os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
     )
     if not tune_handles_sigint:  # a Ctrl-C raises in fit itself
         yield
         return
+    terminated: list[bool] = []
 
     def interrupted_after_tune(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    def terminate_as_tune_stops(signum: int, frame: Any) -> None:
+        tune_stop = signal.getsignal(signal.SIGINT)
+        if terminated or not callable(tune_stop) or tune_stop is interrupted_after_tune:
+            raise Terminated  # stopping already, or Tune's handler is not (yet) there
+        terminated.append(True)
+        tune_stop(signal.SIGINT, frame)
+
     previous = signal.signal(signal.SIGINT, interrupted_after_tune)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    if sigterm_interrupts_active():
+        signal.signal(signal.SIGTERM, terminate_as_tune_stops)
     try:
         yield
         fired = signal.getsignal(signal.SIGINT) is interrupted_after_tune
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+    if terminated:
+        raise Terminated
     if fired:
         raise KeyboardInterrupt
