@@ -66,9 +66,9 @@ Early-stopped trials' runs end KILLED (tag ``dtmem.trial_status=early_stopped``)
 
 Ctrl-C, SIGTERM (``ray job stop``) or a study's stop: Tune stops the running trials and
 saves its state, then the sweep raises ``KeyboardInterrupt`` (``Terminated`` for SIGTERM;
-``driver.tune_interrupts``): its run and the stopped
-trials' end KILLED (``dtmem.trial_status=interrupted``), no results table is written, and
-``--resume`` finishes it. A second Ctrl-C stops at once.
+``driver.tune_interrupts``): its run and the stopped trials' end KILLED
+(``dtmem.trial_status=interrupted``), no results table is written, and ``--resume`` finishes
+it. A second signal stops at once.
 
 Resume: Tune's state lives in ``<storage_dir>/<name>/tune`` and every trial's checkpoints in
 ``<storage_dir>/<name>/runs/<trial_id>``, both named deterministically, so after the driver
