@@ -1,6 +1,12 @@
-"""Small builders shared by tests: tiny configs at deliberately odd sizes and random windows."""
+"""Small builders shared by tests: tiny configs at deliberately odd sizes and random windows,
+and a signal sent to this process once a run has got somewhere."""
 
 from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -59,3 +65,19 @@ def random_batch(cfg: ModelConfig, batch: int = BATCH, seed: int = 0) -> Batch:
 
 def run(model: torch.nn.Module, b: Batch):
     return model(b.observations, b.returns_to_go, b.actions, b.rewards, b.timesteps)
+
+
+def signal_when(ready: Callable[[], bool], signum: int, within: float = 200.0) -> list[float]:
+    """Send ``signum`` to this process from a thread once ``ready()`` (or after ``within``
+    seconds); returns the list its monotonic send time lands in."""
+    sent: list[float] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.1)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return sent

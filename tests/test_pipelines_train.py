@@ -405,15 +405,14 @@ def test_ctrl_c_during_ray_train_unwinds_the_stage(env, ray_session) -> None:
     """Ctrl-C once 2 Ray Train workers have checkpointed: KeyboardInterrupt out of the stage
     (Train's own handler made it SystemExit(1), the run FAILED), the run ends KILLED, the
     Train run is aborted (its CPUs free again) and SIGINT's handler is the one before."""
-    import os
     import signal
-    import threading
     import time
 
     import ray
     from mlflow.tracking import MlflowClient
 
     from pipelines.pretrain import run_pretrain
+    from tests.helpers import signal_when
 
     cfg = load_config(
         PretrainConfig,
@@ -429,22 +428,11 @@ def test_ctrl_c_during_ray_train_unwinds_the_stage(env, ray_session) -> None:
         ],
     )
     run_dir = Path(env["tmp"]) / "ckpt" / "ray-ctrl-c"
-    sent: list[float] = []
-
-    def interrupt_once_checkpointed() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not any(run_dir.glob("step_*")):
-            time.sleep(0.2)
-        sent.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
-
     before = signal.getsignal(signal.SIGINT)
-    watcher = threading.Thread(target=interrupt_once_checkpointed, daemon=True)
-    watcher.start()
+    sent = signal_when(lambda: any(run_dir.glob("step_*")), signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run_pretrain(cfg)
     stopped = time.monotonic()
-    watcher.join()
     assert any(run_dir.glob("step_*")) and stopped - sent[0] < 20
     assert signal.getsignal(signal.SIGINT) is before
     client = MlflowClient(str(env["uri"]))

@@ -508,9 +508,8 @@ def test_a_signal_ends_the_sweep_interrupted_not_finished(env, ray_session, sign
     the trial's end KILLED (the trial 'interrupted'), no results table and no sweep_end, the
     handlers the ones before. Left to Tune alone, Ctrl-C returned the stopped trial as a
     finished sweep, and SIGTERM left the trial's run RUNNING."""
-    import threading
-
     from dtmem.interrupts import Terminated, sigterm_interrupts
+    from tests.helpers import signal_when
 
     name = f"signal-{signum}"
     sweep_dir = Path(env["tmp"]) / "sweeps" / name
@@ -522,23 +521,12 @@ def test_a_signal_ends_the_sweep_interrupted_not_finished(env, ray_session, sign
         "resources.max_concurrent_trials=1",
         steps=2000,  # minutes: the interrupt comes long before the end
     )
-    sent: list[float] = []
-
-    def interrupt_once_checkpointed() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(sweep_dir.glob("runs/*/step_*")):
-            time.sleep(0.1)
-        sent.append(time.monotonic())
-        os.kill(os.getpid(), signum)
-
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    watcher = threading.Thread(target=interrupt_once_checkpointed, daemon=True)
     with sigterm_interrupts():
-        watcher.start()
+        sent = signal_when(lambda: any(sweep_dir.glob("runs/*/step_*")), signum)
         with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
             run_sweep(cfg)
     stopped = time.monotonic()
-    watcher.join()
     assert any(sweep_dir.glob("runs/*/step_*")) and stopped - sent[0] < 30
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     events = [e["event"] for e in read_events(sweep_dir)]
