@@ -8,10 +8,10 @@ restart the whole worker group (``FailureConfig``), and the loop resumes from th
 directory's last checkpoint. A sweep trial passes its own worker function (the loop with a
 per-checkpoint report) and Ray Train callbacks (``TuneReportCallback``).
 
-Ctrl-C (or a study's ``ray.cancel``) during ``fit`` is the stage's, as in one process: it
-raises ``KeyboardInterrupt`` where ``fit`` waits, the Train run is aborted (its workers and
-their CPUs released), and the interrupt goes on up, so that the stage's runs end KILLED and
-the command exits 130. Left to itself, Train V2's ``fit`` installs a SIGINT handler whose
+Ctrl-C (or SIGTERM in the CLI, or a study's ``ray.cancel``) during ``fit`` is the stage's,
+as in one process: it raises ``KeyboardInterrupt`` where ``fit`` waits, the Train run is
+aborted (its workers and their CPUs released), and the interrupt goes on up, so that the
+stage's runs end KILLED and the command exits 130 (143). Left to itself, Train V2's ``fit`` installs a SIGINT handler whose
 abort ends in ``SystemExit(1)`` out of ``fit`` (Ray 2.60: the controller exits as it
 aborts), a silent exit 1 with the runs FAILED, and which it leaves installed after ``fit``.
 """
