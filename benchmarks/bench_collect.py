@@ -16,12 +16,19 @@ pairs; per-actor phases are means over actors). Figures last, one per line:
 
     python benchmarks/bench_collect.py            # about 2 minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # fewer episodes, one pair
+    python benchmarks/bench_collect.py --config pipelines/configs/metaworld-laptop/collect.yaml --repeats 2
+
+``--config``: the pairs collect what a collect config asks for (its tasks, episodes, policy,
+envs and chunks; its root and tracking go to a temp dir), where a real collection's size
+shows how much of the call the fixed costs are; that figure is ``collect_2_vs_1_config``,
+without the plain loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import multiprocessing
 import os
 import statistics
@@ -34,7 +41,9 @@ from rich.console import Console
 
 from dtmem.collect.actors import record_episodes
 from dtmem.collect.policies import make_policy, plan_episodes
+from dtmem.config.base import load_config
 from dtmem.config.collect import CollectConfig, PolicyConfig
+from dtmem.config.tracking import TrackingConfig
 from dtmem.envs import make_env
 from dtmem.ray_session import ray_session
 
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=8, help="episodes per task")
     parser.add_argument("--repeats", type=int, default=5, help="pairs measured in turn")
     parser.add_argument("--quick", action="store_true", help="2 episodes per task, one pair")
+    parser.add_argument("--config", type=Path, help="measure this collect config instead")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     episodes, repeats = (2, 1) if args.quick else (args.episodes, args.repeats)
@@ -96,22 +106,30 @@ def main() -> None:
     from pipelines.collect import run_collect
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = CollectConfig.model_validate(
-            {
-                "suite": "metaworld",
-                "tasks": list(TASKS),
-                "episodes_per_task": episodes,
-                "policy": {"kind": "expert", "noise_std": 0.1, "epsilon": 0.05},
-                "dataset": {"namespace": "bench/collect", "name": "{task}"},
-                "overwrite": True,
-                "tracking": {
-                    "uri": f"sqlite:///{Path(tmp) / 'mlflow.db'}",
-                    "experiment": "bench",
-                    "system_metrics": False,
-                },
-            }
-        )
-        plain = plain_loop(base)
+        tracking = {
+            "uri": f"sqlite:///{Path(tmp) / 'mlflow.db'}",
+            "experiment": "bench",
+            "system_metrics": False,
+        }
+        if args.config is not None:
+            base = load_config(CollectConfig, args.config, [])
+            base = base.model_copy(
+                update={"overwrite": True, "tracking": TrackingConfig(**tracking)}
+            )
+            plain = math.nan  # not measured: as long as the 1-actor call
+        else:
+            base = CollectConfig.model_validate(
+                {
+                    "suite": "metaworld",
+                    "tasks": list(TASKS),
+                    "episodes_per_task": episodes,
+                    "policy": {"kind": "expert", "noise_std": 0.1, "epsilon": 0.05},
+                    "dataset": {"namespace": "bench/collect", "name": "{task}"},
+                    "overwrite": True,
+                    "tracking": tracking,
+                }
+            )
+            plain = plain_loop(base)
         rates: dict[int, list[float]] = {1: [], 2: []}
         phases: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         machine: list[float] = []
@@ -136,8 +154,9 @@ def main() -> None:
                           f"= {result.env_steps / wall:.0f} steps/s (collection phase "
                           f"{result.env_steps_per_s:.0f})")  # fmt: skip
     ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {len(TASKS)} tasks "
-          f"x {episodes} episodes x 500 steps; plain loop in one process {plain:.0f} steps/s")  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"{len(base.tasks)} tasks x {base.episodes_per_task} episodes x up to "
+          f"{base.max_steps or 500} steps; plain loop in one process {plain:.0f} steps/s")  # fmt: skip
     for actors, runs in phases.items():
         names = list(runs[0])
         print(f"phases, {actors} actor(s), s: "
@@ -146,7 +165,8 @@ def main() -> None:
     print("the machine itself, plain loops in 2 processes / 1: "
           + ", ".join(f"{r:.2f}" for r in machine))  # fmt: skip
     print(f"BENCH collect_machine_2_vs_1 {statistics.median(machine):.3f}")
-    print(f"BENCH collect_2_vs_1 {statistics.median(ratios):.3f}")
+    suffix = "_config" if args.config is not None else ""
+    print(f"BENCH collect_2_vs_1{suffix} {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
