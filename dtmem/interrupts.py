@@ -87,9 +87,8 @@ def cancellable() -> Iterator[None]:
     while the block runs, so that ``ray.cancel`` interrupts it. Ray cancels a running task by
     calling SIGINT's Python handler in it (``_thread.interrupt_main``), which does nothing
     where SIGINT is ignored (a worker of a driver started in the background or under nohup
-    inherits that), and runs whatever handler an earlier task in the same worker left (Ray
-    Train's ``fit`` leaves one that tries to abort its own, finished run). The previous
-    handler is restored after. Main thread only."""
+    inherits that), and runs whatever handler an earlier task in the same worker left. The
+    previous handler is restored after. Main thread only."""
     if not _main_thread():
         yield
         return

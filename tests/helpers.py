@@ -67,17 +67,22 @@ def run(model: torch.nn.Module, b: Batch):
     return model(b.observations, b.returns_to_go, b.actions, b.rewards, b.timesteps)
 
 
-def signal_when(ready: Callable[[], bool], signum: int, within: float = 200.0) -> list[float]:
-    """Send ``signum`` to this process from a thread once ``ready()`` (or after ``within``
-    seconds); returns the list its monotonic send time lands in."""
+def signal_when(
+    ready: Callable[[], bool], signum: int, within: float = 200.0, poll: float = 0.1
+) -> list[float]:
+    """Send ``signum`` to this process from a thread once ``ready()`` (asked every ``poll``
+    seconds for at most ``within``; never after, when a signal could only reach a test that
+    has already ended, or the session); returns the list its monotonic send time lands in."""
     sent: list[float] = []
 
     def watch() -> None:
         deadline = time.monotonic() + within
-        while time.monotonic() < deadline and not ready():
-            time.sleep(0.1)
-        sent.append(time.monotonic())
-        os.kill(os.getpid(), signum)
+        while time.monotonic() < deadline:
+            if ready():
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(poll)
 
     threading.Thread(target=watch, daemon=True).start()
     return sent

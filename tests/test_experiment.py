@@ -445,9 +445,7 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
 ) -> None:
     """SIGTERM (``ray job stop``, ``kill``) mid-training: the node's stage is cancelled and
     its run ends KILLED, then the parent run; nothing is left RUNNING, and it is prompt."""
-    import os
     import signal
-    import threading
     import time
 
     from mlflow.tracking import MlflowClient
@@ -456,6 +454,7 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
     from dtmem.experiment.runner import STOP_GRACE_S, run_experiment
     from dtmem.experiment.status import experiment_status
     from dtmem.interrupts import Terminated, sigterm_interrupts
+    from tests.helpers import signal_when
 
     root = tmp_path / "datasets"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -464,26 +463,17 @@ def test_a_terminated_study_ends_its_runs_killed_not_running(
         write_metaworld_like(root, dataset_id, task, episodes=4, steps=60)
     plan = build_plan(QUICKSTART, _tiny(ids, pretrain_steps=1_000_000))
     client = MlflowClient(store)
-    sent: list[float] = []
 
-    def terminate_once_training() -> None:  # SIGTERM once the pretraining has logged a loss
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline:
-            exp = client.get_experiment_by_name("dtmem-quickstart")
-            runs = _node_runs(client, exp.experiment_id, SMOKE) if exp else []
-            if runs and "train/loss" in runs[0].data.metrics:
-                sent.append(time.monotonic())
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.5)
+    def training() -> bool:  # the pretraining has logged a loss
+        exp = client.get_experiment_by_name("dtmem-quickstart")
+        runs = _node_runs(client, exp.experiment_id, SMOKE) if exp else []
+        return bool(runs) and "train/loss" in runs[0].data.metrics
 
     said: list[str] = []
-    watcher = threading.Thread(target=terminate_once_training, daemon=True)
     with sigterm_interrupts(), pytest.raises(Terminated):
-        watcher.start()
+        sent = signal_when(training, signal.SIGTERM, poll=0.5)  # an MLflow query each
         run_experiment(plan, say=said.append)
     stopped = time.monotonic()
-    watcher.join()
     assert sent and stopped - sent[0] < STOP_GRACE_S  # the stage unwound, it was not killed
     assert f"interrupted: stopping 1 running node(s): {SMOKE}" in said
     exp = client.get_experiment_by_name("dtmem-quickstart")

@@ -215,8 +215,8 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
             # SystemExit: Tune stopping the trial (its report exits), as when the sweep is
             # interrupted; a rerun (--resume) continues this run
             stopped = isinstance(exc, SystemExit | KeyboardInterrupt)
-            end_trial_run(run.uri, run.run_id, *(("KILLED", "interrupted") if stopped
-                                                  else ("FAILED", "failed")))  # fmt: skip
+            status = ("KILLED", "interrupted") if stopped else ("FAILED", "failed")
+            end_trial_run(run.uri, run.run_id, *status)
         raise
 
 
