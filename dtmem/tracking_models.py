@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 
 MODEL_TYPE = "dtmem"  # a logged model's model_type: safetensors + config JSON, no flavour
 _REF_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_IN_MODEL_NAMES = re.compile(r"[/:.%\"']")  # MLflow refuses these in a logged model's name
+
+
+def logged_model_name(name: str) -> str:
+    """``name`` as MLflow accepts it for a logged model: each character it refuses there
+    (``/ : . % " '``) becomes '-'. Run names may hold '.' (``lr0.001``); the model keeps a
+    link to its run, whose name is unchanged."""
+    return _NOT_IN_MODEL_NAMES.sub("-", name)
 
 
 def log_dataset_input(
@@ -69,8 +77,8 @@ def log_logged_model(
 ) -> str:
     """Log the files of ``model_dir`` (dtmem's safetensors and config JSON) as an MLflow
     logged model without a flavour, created from ``run`` and listed as its output; returns
-    the model id (``models:/<model_id>`` loads it back). A failed upload leaves the model
-    FAILED, never READY."""
+    the model id (``models:/<model_id>`` loads it back). Its name is ``name`` as MLflow
+    allows it (``logged_model_name``). A failed upload leaves the model FAILED, never READY."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     model_dir = Path(model_dir)
@@ -80,7 +88,7 @@ def log_logged_model(
     experiment_id = client.get_run(run.run_id).info.experiment_id
     model = client.create_logged_model(
         experiment_id=experiment_id,
-        name=name,
+        name=logged_model_name(name),
         source_run_id=run.run_id,
         params={k: _param_str(v) for k, v in (params or {}).items()} or None,
         tags=dict(tags or {}) or None,

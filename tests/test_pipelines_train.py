@@ -125,7 +125,7 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
 
     pretrain_main(
         CONFIGS / "smoke" / "pretrain.yaml",
-        [*common(env, "pre"), *local(8), *TINY_MODEL],
+        [*common(env, "pre.v1"), *local(8), *TINY_MODEL],  # '.': no logged model name has one
     )
     uri = str(env["uri"])
     pre = load_checkpoint_model("models:/dtmem-smoke@pretrained", tracking_uri=uri)
@@ -160,7 +160,7 @@ def test_pretrain_then_finetune_lora_and_frozen(env) -> None:
     model_uri = tags["dtmem.model_uri"]
     logged = client.get_logged_model(model_uri.removeprefix("models:/"))
     assert logged.source_run_id == run_id and logged.status == "READY"
-    assert logged.model_type == "dtmem"
+    assert logged.model_type == "dtmem" and logged.name == "pre-v1"
     files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
     assert {"model.safetensors", "model_config.json", "meta.json"} <= files
     assert not any(f.endswith((".pkl", ".pt", "MLmodel")) for f in files)

@@ -224,6 +224,8 @@ def test_dataset_inputs_and_logged_models(store, tmp_path) -> None:
     with start_run(store, stage="pretrain") as run:
         log_dataset_input(run, "dtmem/mw/reach-v3-v0", "ab" * 32, "/data/reach", profile={"n": 3})
         model_id = log_logged_model(run, model_dir, "dtmem-model", step=5, params={"slots": 64})
+        # a run name may hold '.', which MLflow refuses in a logged model's name
+        dotted = log_logged_model(run, model_dir, "lr0.001", step=6)
     client = run.client
     inputs = client.get_run(run.run_id).inputs.dataset_inputs
     assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [
@@ -236,7 +238,8 @@ def test_dataset_inputs_and_logged_models(store, tmp_path) -> None:
     assert model.status == LoggedModelStatus.READY and model.model_type == "dtmem"
     assert model.source_run_id == run.run_id and model.params["slots"] == "64"
     outputs = client.get_run(run.run_id).outputs.model_outputs
-    assert [(o.model_id, o.step) for o in outputs] == [(model_id, 5)]
+    assert [(o.model_id, o.step) for o in outputs] == [(model_id, 5), (dotted, 6)]
+    assert client.get_logged_model(dotted).name == "lr0-001"
     ref = resolve_artifact_ref(f"models:/{model_id}", run.uri, "checkpoint")
     assert ref.model_id == model_id and ref.run_id == run.run_id
     got = download_artifacts(run.uri, ref, tmp_path / "dl")
