@@ -72,6 +72,8 @@ def test_a_config_that_is_not_utf8_names_the_file(cwd: Path) -> None:
         ("tracking.experiment=/etc", "tracking.experiment: '/etc' is not a safe name"),
         ("data.datasets.7.env=x", "data.datasets.7: index 7 out of range (the list has 3 items)"),
         ("data.datasets.0.id=a/../../b", "data.datasets.0.id: 'a/../../b' is not a safe id"),
+        ("registry.name=team/dtmem", "registry: name 'team/dtmem': MLflow refuses a model name"),
+        ("registry.alias=best.v1", "registry: alias 'best.v1': use letters, digits"),
     ],
 )
 def test_hostile_names_and_overrides_are_one_line_before_anything_is_written(

@@ -127,7 +127,21 @@ class RegistryConfig(FrozenConfig):
     )
 
     @model_validator(mode="after")
-    def _check_alias(self) -> RegistryConfig:
+    def _check(self) -> RegistryConfig:
+        # MLflow's own rules, checked here so that a name it refuses fails before training,
+        # not at registration after it
+        name = self.name
+        if name is not None and (
+            not name.strip() or "/" in name or ":" in name or name == "." or name.startswith("..")
+        ):
+            raise ValueError(
+                f"name {name!r}: MLflow refuses a model name that is blank, holds '/' or ':', "
+                "is '.' or starts with '..'"
+            )
+        if not re.fullmatch(r"[\w-]+", self.alias):
+            raise ValueError(
+                f"alias {self.alias!r}: use letters, digits, '_' and '-' (MLflow's rule)"
+            )
         if self.alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", self.alias):
             raise ValueError(f"alias {self.alias!r} is reserved by MLflow")
         return self
