@@ -33,8 +33,9 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # Every figure of issue 16, each benchmark's BENCH lines last (about 10 minutes on 2 cores).
-# The others (bench_train, bench_sampler, bench_rollout, bench_experiment, param_counts, and
-# bench_gpu on a CUDA machine) run on their own: `.venv/bin/python benchmarks/NAME.py`.
+# The others (bench_train, bench_train_poll, bench_sampler, bench_rollout, bench_experiment,
+# param_counts, and bench_gpu on a CUDA machine) run on their own:
+# `.venv/bin/python benchmarks/NAME.py`.
 BENCHES := bench_memory bench_dt_vs_hf bench_first_step bench_evaluate bench_collect bench_sweep
 
 bench: setup

@@ -5,6 +5,7 @@ Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -397,6 +398,24 @@ def test_ray_two_workers_recover_from_a_killed_worker(env, ray_session, monkeypa
     too_many = cfg.scaling.model_copy(update={"num_workers": 3})
     with pytest.raises(ValueError, match="need 3 CPUs"):
         run_pretrain(cfg.model_copy(update={"scaling": too_many, "run_name": "ray3"}))
+
+
+def test_train_polls_its_workers_every_half_second_unless_the_environment_says(
+    monkeypatch,
+) -> None:
+    """Ray passes the driver's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S to Train's controller when
+    ``fit`` starts it; ``train_poll`` sets it around ``fit`` and restores the environment."""
+    from dtmem.training.launch import TRAIN_POLL_S, train_poll
+
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(name, raising=False)
+    with train_poll():
+        assert os.environ[name] == str(TRAIN_POLL_S) == "0.5"
+    assert name not in os.environ
+    monkeypatch.setenv(name, "3")
+    with train_poll():
+        assert os.environ[name] == "3"
+    assert os.environ[name] == "3"
 
 
 @pytest.mark.slow
