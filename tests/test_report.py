@@ -31,6 +31,7 @@ from dtmem.experiment import (
 )
 from dtmem.experiment.report import EXPERTS_ARM, ReportError, build_report
 from dtmem.stats import iqm, stratified_bootstrap_ci
+from dtmem.sweep.tracking import TRIAL_STATUS_TAG
 
 SEEDS = ("0", "1", "2")
 HELD_OUT = ("bin-picking", "box-close", "door-lock", "door-unlock", "hand-insert")
@@ -55,6 +56,7 @@ class Store:
     )
     cached_runs: set[str] = field(default_factory=set)
     failed_run: str = ""
+    stopped_trial: str = ""
 
     def values(self, arm: str, mode: str, measure: str, task: str) -> dict[str, float]:
         return {s: v for s, (v, _) in self.truth[(arm, mode, measure, task)].items()}
@@ -219,6 +221,11 @@ def _make_store(uri: str) -> Store:
                     )
                     drop = np.mean([after[t] - pre_scores[t] for t in TRAIN_TASKS])
                     record((arm, mode, "forgetting", task), seed, float(drop), fg, pre)
+    # A sweep trial its scheduler stopped early: KILLED, and the note says why.
+    st.stopped_trial = mk.run(
+        {TAG_NODE: "sweep/slots", TAG_EXPERIMENT_RUN: parent, TRIAL_STATUS_TAG: "early_stopped"},
+        status="KILLED",
+    )
     mk.client.log_text(parent, json.dumps(listed), NODES_ARTIFACT)
     # A node of another experiment run must not leak in.
     mk.run(
@@ -285,6 +292,10 @@ def test_missing_cells_are_dashes_with_notes(report, store):
     assert "dt/lora after fine-tuning on hand-insert: rests on 2 of 3 seeds" in notes
     assert "aggregated over the 4 of 5 tasks" in notes
     assert f"run {store.failed_run}" in notes and "FAILED: not counted" in notes
+    assert (
+        f"run {store.stopped_trial} (sweep/slots) is KILLED, a sweep trial its scheduler "
+        "stopped early: not counted"
+    ) in notes
     with pytest.raises(KeyError):
         report.cell("dtmem", "lora", "zero_shot")  # not measured for a fine-tuned row
 

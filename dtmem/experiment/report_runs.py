@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 CACHED_TAG = "dtmem.cached"  # optional: a run reused as cached may also say so itself
+_TRIAL_ENDS = {  # a sweep trial's run that did not finish, by its trial status
+    "early_stopped": ", a sweep trial its scheduler stopped early",
+    "interrupted": ", a sweep trial stopped by an interrupt",
+    "failed": ", a sweep trial that failed",
+}
 
 
 class ReportError(ValueError):
@@ -143,13 +148,16 @@ def _node_runs(client: MlflowClient, experiment_run_id: str) -> tuple[Run, list[
         run_id = entry.get("run_id") if isinstance(entry, dict) else None
         if isinstance(run_id, str) and run_id and run_id not in runs:
             runs[run_id] = client.get_run(run_id)
+    from dtmem.sweep.tracking import TRIAL_STATUS_TAG
+
     notes, nodes = [], []
     for run in sorted(runs.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id)):
         tags = run.data.tags
         if run.info.status != "FINISHED":
+            trial = _TRIAL_ENDS.get(tags.get(TRIAL_STATUS_TAG, ""), "")
             notes.append(
-                f"run {run.info.run_id} ({tags.get(TAG_NODE, '?')}) is {run.info.status}: "
-                "not counted"
+                f"run {run.info.run_id} ({tags.get(TAG_NODE, '?')}) is {run.info.status}"
+                f"{trial}: not counted"
             )
             continue
         cached = (
