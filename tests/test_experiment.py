@@ -195,6 +195,11 @@ def test_an_edited_source_file_changes_the_code_version(tmp_path) -> None:
     helper = pkg / "experiment" / "keys.py"
     helper.write_text(helper.read_text() + "\n# an edit\n")
     assert code_version([pkg]) != before
+    edited = code_version([pkg])
+    for read_only in ("report_tables.py", "status.py"):  # they only read finished runs
+        path = pkg / "experiment" / read_only
+        path.write_text(path.read_text() + "\n# an edit\n")
+    assert code_version([pkg]) == edited
     (pkg / "experiment" / "notes.txt").write_text("not a source")
     assert len(code_version()) == 16
 

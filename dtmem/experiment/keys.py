@@ -9,7 +9,10 @@ upstream dataset node's key). Wiring fields that the runner fills at run time (t
 upstream checkpoint of a fine-tune or evaluation) hold a stable placeholder at plan time.
 
 The code version hashes the Python sources of the ``dtmem``, ``pipelines`` and ``tuning``
-packages, so an edited helper invalidates every node it could feed.
+packages, so an edited helper invalidates every node it could feed. Left out: the modules
+that only read finished runs (``READ_ONLY_SOURCES``: the report, ``status``, the plan's time
+estimate), which no node's outputs depend on, so that mending a report's table does not
+rerun a study.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["CODE_PACKAGES", "code_version", "key_payload", "node_key"]
+__all__ = ["CODE_PACKAGES", "READ_ONLY_SOURCES", "code_version", "key_payload", "node_key"]
 
 CODE_PACKAGES = ("dtmem", "pipelines", "tuning")
+# under the packages, as package/relative/path.py (fnmatch patterns)
+READ_ONLY_SOURCES = (
+    "dtmem/experiment/report*.py",
+    "dtmem/experiment/status.py",
+    "dtmem/experiment/estimate.py",
+)
 _DROP_EVERYWHERE = frozenset({"tracking", "run_name", "registry", "progress"})
 _DROP_BY_STAGE = {"sweep": frozenset({"name"})}
 
@@ -35,15 +45,17 @@ def _repo_root() -> Path:
 
 def code_version(roots: Iterable[Path] | None = None) -> str:
     """sha256 over the relative path and bytes of every ``*.py`` under ``roots`` (default:
-    the three packages of this checkout), in path order; 16 hex digits."""
+    the three packages of this checkout) but ``READ_ONLY_SOURCES``, in path order; 16 hex
+    digits."""
     if roots is None:
         roots = tuple(_repo_root() / p for p in CODE_PACKAGES)
     sha = hashlib.sha256(b"dtmem-code-v1\0")
     for root in (Path(r).resolve() for r in roots):
         for file in sorted(root.rglob("*.py")):
-            if "__pycache__" in file.parts:
+            name = f"{root.name}/{file.relative_to(root).as_posix()}"
+            if "__pycache__" in file.parts or any(fnmatch(name, p) for p in READ_ONLY_SOURCES):
                 continue
-            sha.update(f"{root.name}/{file.relative_to(root).as_posix()}\0".encode())
+            sha.update(f"{name}\0".encode())
             sha.update(file.read_bytes())
             sha.update(b"\0")
     return sha.hexdigest()[:16]
