@@ -238,7 +238,7 @@ def test_dataset_inputs_and_logged_models(store, tmp_path) -> None:
     assert model.status == LoggedModelStatus.READY and model.model_type == "dtmem"
     assert model.source_run_id == run.run_id and model.params["slots"] == "64"
     outputs = client.get_run(run.run_id).outputs.model_outputs
-    assert [(o.model_id, o.step) for o in outputs] == [(model_id, 5), (dotted, 6)]
+    assert sorted((o.step, o.model_id) for o in outputs) == [(5, model_id), (6, dotted)]
     assert client.get_logged_model(dotted).name == "lr0-001"
     ref = resolve_artifact_ref(f"models:/{model_id}", run.uri, "checkpoint")
     assert ref.model_id == model_id and ref.run_id == run.run_id
