@@ -35,7 +35,9 @@ from dtmem.sweep.space import (
 )
 from dtmem.sweep.tracking import (
     PARENT_TAG,
+    TRIAL_STATUS_TAG,
     TRIAL_TAG,
+    end_open_trial_runs,
     trial_config_yaml,
     trial_params,
     trial_tags,
@@ -117,6 +119,28 @@ def csv_artifact(env, run_id: str, path: str) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- no Ray
+
+
+def test_a_sweep_that_stops_ends_the_trial_runs_left_running(tmp_path) -> None:
+    """A trial whose process Tune stopped before its clean-up ended its run: the driver ends
+    it (KILLED interrupted); runs that ended, and other sweeps' trials, keep their state."""
+    from dtmem.tracking import attach
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow_client({"uri": uri})
+    exp = client.create_experiment("t")
+    parent = client.create_run(exp).info.run_id
+    other = client.create_run(exp).info.run_id
+    left = client.create_run(exp, tags={PARENT_TAG: parent}).info.run_id
+    done = client.create_run(exp, tags={PARENT_TAG: parent}).info.run_id
+    client.set_terminated(done, status="FINISHED")
+    elsewhere = client.create_run(exp, tags={PARENT_TAG: other}).info.run_id
+    assert end_open_trial_runs(attach(uri, parent), "KILLED", "interrupted") == [left]
+    got = {r: client.get_run(r) for r in (left, done, elsewhere)}
+    assert got[left].info.status == "KILLED"
+    assert got[left].data.tags[TRIAL_STATUS_TAG] == "interrupted"
+    assert (got[done].info.status, got[elsewhere].info.status) == ("FINISHED", "RUNNING")
+    assert TRIAL_STATUS_TAG not in got[done].data.tags
 
 
 def test_shipped_sweep_configs_plan() -> None:

@@ -31,7 +31,12 @@ from dtmem.sweep.driver import (
 )
 from dtmem.sweep.plan import plan_sweep, resolve_base
 from dtmem.sweep.results import SweepResult, collect_rows, print_summary, report_results
-from dtmem.sweep.tracking import SWEEP_DIR_TAG, SWEEP_TAG, trial_config_yaml
+from dtmem.sweep.tracking import (
+    SWEEP_DIR_TAG,
+    SWEEP_TAG,
+    end_open_trial_runs,
+    trial_config_yaml,
+)
 
 __all__ = ["main", "run_sweep"]
 
@@ -69,8 +74,15 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, *, verbose: bool = False) 
             log_event(plan.sweep_dir, "sweep_resume" if resume else "sweep_start")
             plan = replace(plan, spec=replace(plan.spec, parent_run_id=parent.run_id))
             tuner = build_tuner(plan, trial_resources, concurrency, restore, verbose)
-            with tune_interrupts():
-                grid = tuner.fit()
+            try:
+                with tune_interrupts():
+                    grid = tuner.fit()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no trial run stays RUNNING
+                end_open_trial_runs(parent, "KILLED", "interrupted")
+                raise
+            except Exception:
+                end_open_trial_runs(parent, "FAILED", "failed")
+                raise
             rows = collect_rows(plan, grid)
             result = report_results(plan, parent, rows, time.time() - t0)
             log_event(plan.sweep_dir, "sweep_end", wall_s=result.wall_s)

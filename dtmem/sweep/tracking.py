@@ -30,6 +30,7 @@ __all__ = [
     "SWEEP_TAG",
     "TRIAL_STATUS_TAG",
     "TRIAL_TAG",
+    "end_open_trial_runs",
     "end_trial_run",
     "find_trial_run",
     "mlflow_client",
@@ -142,3 +143,18 @@ def end_trial_run(uri: str, run_id: str, status: str, trial_status: str) -> None
     client = mlflow_client(uri)
     client.set_tag(run_id, TRIAL_STATUS_TAG, trial_status)
     client.set_terminated(run_id, status=status)
+
+
+def end_open_trial_runs(parent: RunHandle, status: str, trial_status: str) -> list[str]:
+    """End every trial run of the sweep run ``parent`` that is still RUNNING with ``status``
+    and ``trial_status`` (a sweep that did not finish: a trial whose process Tune stopped
+    before its own clean-up had ended its run); returns their ids."""
+    client = parent.client
+    experiment_id = client.get_run(parent.run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        end_trial_run(parent.uri, run.info.run_id, status, trial_status)
+    return [r.info.run_id for r in runs]
