@@ -297,12 +297,17 @@ def cancel_within(refs: list[Any], futures: list[Future[Any]], grace: float) -> 
     is swallowed (a finalizer, a library's catch-all) is lost, and a second is raised afresh
     (``test_a_lost_cancel_is_sent_again_before_the_task_is_killed``). The stage itself runs
     inside ``dtmem.interrupts.cancellable``, without which no cancel reaches it at all where
-    its worker ignores SIGINT."""
+    its worker ignores SIGINT.
+
+    A task whose result is in is not cancelled again: Ray 2.60 fails a force-cancelled task
+    at once, and if the task's own reply is still on its way the driver aborts ("Tried to
+    complete task that was not pending", a race like ray-project/ray#54846), ending the study."""
     import ray
 
     for force in (False, False, True):
-        for ref in refs:
-            ray.cancel(ref, force=force)  # a task that has ended ignores it
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in set(refs) - set(done):
+            ray.cancel(ref, force=force)
         if not wait(futures, timeout=grace / 2).not_done:
             return
 
