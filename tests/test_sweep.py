@@ -135,7 +135,7 @@ def test_a_sweep_that_stops_ends_the_trial_runs_left_running(tmp_path) -> None:
     done = client.create_run(exp, tags={PARENT_TAG: parent}).info.run_id
     client.set_terminated(done, status="FINISHED")
     elsewhere = client.create_run(exp, tags={PARENT_TAG: other}).info.run_id
-    assert end_open_trial_runs(attach(uri, parent), "KILLED", "interrupted") == [left]
+    assert end_open_trial_runs(attach(uri, parent), KeyboardInterrupt()) == [left]
     got = {r: client.get_run(r) for r in (left, done, elsewhere)}
     assert got[left].info.status == "KILLED"
     assert got[left].data.tags[TRIAL_STATUS_TAG] == "interrupted"

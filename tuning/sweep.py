@@ -77,11 +77,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, *, verbose: bool = False) 
             try:
                 with tune_interrupts():
                     grid = tuner.fit()
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no trial run stays RUNNING
-                end_open_trial_runs(parent, "KILLED", "interrupted")
-                raise
-            except Exception:
-                end_open_trial_runs(parent, "FAILED", "failed")
+            except BaseException as exc:  # interrupted or failed: no trial run stays RUNNING
+                end_open_trial_runs(parent, exc)
                 raise
             rows = collect_rows(plan, grid)
             result = report_results(plan, parent, rows, time.time() - t0)

@@ -60,8 +60,9 @@ the experiment runner gives one) and a nested run per trial (tag ``mlflow.parent
 ``dtmem.trial_id``), named by what the trial varies (``slots=64,seed=1``, also the ``trial``
 column of the results table), holding the trial's config as params (URIs without
 credentials), the training curves (the loop logs them; Train V2 keeps only metrics
-reported with a checkpoint), the validation curve and the evaluation. The trial finds its run by trial id,
-so a restarted trial continues the same run (and the loop skips steps already logged).
+reported with a checkpoint), the validation curve and the evaluation. The trial finds its
+run by trial id, so a restarted trial continues the same run (and the loop skips steps
+already logged).
 Early-stopped trials' runs end KILLED (tag ``dtmem.trial_status=early_stopped``).
 
 Ctrl-C, SIGTERM (``ray job stop``) or a study's stop: Tune stops the running trials and

@@ -35,6 +35,7 @@ __all__ = [
     "find_trial_run",
     "mlflow_client",
     "trial_config_yaml",
+    "trial_end",
     "trial_params",
     "trial_run",
     "trial_tags",
@@ -139,16 +140,24 @@ def trial_run(
     return handle
 
 
+def trial_end(exc: BaseException) -> tuple[str, str]:
+    """(MLflow status, trial status) of a trial's run ended by ``exc``: interrupted (Ctrl-C,
+    SIGTERM, or Tune stopping the trial: its report exits) or failed."""
+    if isinstance(exc, SystemExit | KeyboardInterrupt):
+        return "KILLED", "interrupted"
+    return "FAILED", "failed"
+
+
 def end_trial_run(uri: str, run_id: str, status: str, trial_status: str) -> None:
     client = mlflow_client(uri)
     client.set_tag(run_id, TRIAL_STATUS_TAG, trial_status)
     client.set_terminated(run_id, status=status)
 
 
-def end_open_trial_runs(parent: RunHandle, status: str, trial_status: str) -> list[str]:
-    """End every trial run of the sweep run ``parent`` that is still RUNNING with ``status``
-    and ``trial_status`` (a sweep that did not finish: a trial whose process Tune stopped
-    before its own clean-up had ended its run); returns their ids."""
+def end_open_trial_runs(parent: RunHandle, exc: BaseException) -> list[str]:
+    """End every trial run of the sweep run ``parent`` that is still RUNNING as ``exc`` ended
+    the sweep (``trial_end``: a trial whose process Tune stopped before its own clean-up had
+    ended its run); returns their ids."""
     client = parent.client
     experiment_id = client.get_run(parent.run_id).info.experiment_id
     runs = client.search_runs(
@@ -156,5 +165,5 @@ def end_open_trial_runs(parent: RunHandle, status: str, trial_status: str) -> li
         filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        end_trial_run(parent.uri, run.info.run_id, status, trial_status)
+        end_trial_run(parent.uri, run.info.run_id, *trial_end(exc))
     return [r.info.run_id for r in runs]

@@ -33,7 +33,7 @@ from dtmem.sweep.base import (
 )
 from dtmem.sweep.plan import STAGES, TrialSpec
 from dtmem.sweep.space import apply_values
-from dtmem.sweep.tracking import end_trial_run, trial_run
+from dtmem.sweep.tracking import end_trial_run, trial_end, trial_run
 from dtmem.sweep.validation import validation_batches, validation_loss
 
 if TYPE_CHECKING:
@@ -212,11 +212,8 @@ def run_trial(values: dict[str, Any], spec: TrialSpec) -> None:
         _train_and_finish(spec, cfg, plan, run, trial_id, values, t0)
     except BaseException as exc:
         if not (run_dir / STOPPED_MARKER).exists():  # not the scheduler stopping it
-            # SystemExit: Tune stopping the trial (its report exits), as when the sweep is
-            # interrupted; a rerun (--resume) continues this run
-            stopped = isinstance(exc, SystemExit | KeyboardInterrupt)
-            status = ("KILLED", "interrupted") if stopped else ("FAILED", "failed")
-            end_trial_run(run.uri, run.run_id, *status)
+            # interrupted (a rerun with --resume continues this run) or failed
+            end_trial_run(run.uri, run.run_id, *trial_end(exc))
         raise
 
 

@@ -11,9 +11,10 @@ per-checkpoint report) and Ray Train callbacks (``TuneReportCallback``).
 Ctrl-C (or SIGTERM in the CLI, or a study's ``ray.cancel``) during ``fit`` is the stage's,
 as in one process: it raises ``KeyboardInterrupt`` where ``fit`` waits, the Train run is
 aborted (its workers and their CPUs released), and the interrupt goes on up, so that the
-stage's runs end KILLED and the command exits 130 (143). Left to itself, Train V2's ``fit`` installs a SIGINT handler whose
-abort ends in ``SystemExit(1)`` out of ``fit`` (Ray 2.60: the controller exits as it
-aborts), a silent exit 1 with the runs FAILED, and which it leaves installed after ``fit``.
+stage's runs end KILLED and the command exits 130 (143). Left to itself, Train V2's ``fit``
+installs a SIGINT handler whose abort ends in ``SystemExit(1)`` out of ``fit`` (Ray 2.60:
+the controller exits as it aborts), a silent exit 1 with the runs FAILED, and which it
+leaves installed after ``fit``.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def _fit(
 
 @contextmanager
 def train_poll() -> Iterator[None]:
-    """While ``fit`` starts its controller: Train polls every ``TRAIN_POLL_S``, unless the
-    environment says otherwise; the environment is restored after."""
+    """Around ``fit`` (which hands the environment's value to its controller): Train polls
+    every ``TRAIN_POLL_S`` unless the environment says otherwise; restored after."""
     if _TRAIN_POLL_ENV in os.environ:
         yield
         return
