@@ -305,8 +305,8 @@ def cancel_within(refs: list[Any], futures: list[Future[Any]], grace: float) -> 
     import ray
 
     for force in (False, False, True):
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        for ref in set(refs) - set(done):
+        _, running = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in running:
             ray.cancel(ref, force=force)
         if not wait(futures, timeout=grace / 2).not_done:
             return
