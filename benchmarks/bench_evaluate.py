@@ -23,6 +23,10 @@ once beforehand, as on a cluster. Figures last, one per line: ``BENCH <name> <va
 
     python benchmarks/bench_evaluate.py            # about 2 minutes on 2 cores
     python benchmarks/bench_evaluate.py --quick    # a smoke test
+    python benchmarks/bench_evaluate.py --compare-envs 8   # also 16 envs per actor against 8
+
+E is ``dtmem evaluate``'s default (16); ``--compare-envs N`` also times the same A*E episodes
+on warm pools of E and of N envs per actor, opened in turn (``BENCH eval_envs_E_vs_N``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from multiprocessing import get_context
 
 import torch
 
+from dtmem.config.evaluate import EvaluateConfig
 from dtmem.config.model import MemoryConfig, ModelConfig
 from dtmem.envs import make_env, step_randomly
 from dtmem.evaluation import ModelPayload, TaskRequest, evaluate, open_pool
@@ -45,6 +50,7 @@ from dtmem.naive_rollout import naive_rollout
 from dtmem.ray_session import ray_session
 
 TARGET = 4000.0
+DEFAULT_ENVS = EvaluateConfig.model_fields["envs_per_actor"].default
 spawn = get_context("spawn")
 
 
@@ -122,14 +128,42 @@ class Probe:
         return raw_rate(self.task, self.envs, raw_steps), forward_rate(self.model, self.envs, calls)
 
 
+def batch_pairs(
+    payload: ModelPayload,
+    request: list[TaskRequest],
+    actors: int,
+    sizes: tuple[int, int],
+    repeats: int,
+) -> list[float]:
+    """The same episodes with ``sizes[0]`` envs per actor against ``sizes[1]``: warm pools
+    opened in turn (which goes first alternates), each timed on one call; rate ratios."""
+    ratios = []
+    for i in range(repeats):
+        rate = {}
+        for envs in sizes if i % 2 == 0 else sizes[::-1]:
+            with open_pool(payload, num_actors=actors, envs_per_actor=envs, units=actors) as pool:
+                pool.evaluate(request)  # warm
+                rate[envs] = pool.evaluate(request).steps_per_s
+        ratios.append(rate[sizes[0]] / rate[sizes[1]])
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--task", default="reach-v3")
     parser.add_argument("--actors", type=int, default=2, help="Ray actors (one CPU each)")
-    parser.add_argument("--envs", type=int, default=8, help="envs per actor")
+    parser.add_argument(
+        "--envs", type=int, default=DEFAULT_ENVS, help="envs per actor (dtmem evaluate's default)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="steps per episode")
     parser.add_argument("--repeats", type=int, default=9, help="pairs measured in turn")
     parser.add_argument("--quick", action="store_true", help="a few steps of each")
+    parser.add_argument(
+        "--compare-envs",
+        type=int,
+        metavar="N",
+        help="also time the same episodes with N envs per actor against --envs, in pairs",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)
@@ -162,6 +196,8 @@ def main() -> None:
                 raw, fwd = (sum(r[i] for r in probed) for i in (0, 1))
                 rows.append((warm.steps_per_s, naive, raw, fwd))
             actors = pool.pool.size
+        if args.compare_envs is not None:
+            batch = batch_pairs(payload, request, A, (E, args.compare_envs), repeats)
     naive_median = statistics.median(r[1] for r in rows)
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.task}, "
@@ -181,6 +217,10 @@ def main() -> None:
           f"the pool is {statistics.median(r[0] for r in rows) / kept_median:.2f}x it")  # fmt: skip
     print(f"cold evaluate(): {cold.env_steps} steps in {cold_s:.1f} s = {cold.env_steps / cold_s:.1f}"
           f" steps/s, {cold.env_steps / cold_s / naive_median:.2f}x the naive loop (median)")  # fmt: skip
+    if args.compare_envs is not None:
+        print(f"{E} envs per actor against {args.compare_envs}, the same {A * E} episodes: "
+              + ", ".join(f"{r:.2f}" for r in batch))  # fmt: skip
+        print(f"BENCH eval_envs_{E}_vs_{args.compare_envs} {statistics.median(batch):.3f}")
     print(f"BENCH eval_cold_vs_naive {cold.env_steps / cold_s / naive_median:.3f}")
     print(f"BENCH eval_vs_naive {statistics.median(vs_naive):.3f}")
     print(f"BENCH eval_vs_ceiling {statistics.median(vs_ceiling):.3f}")

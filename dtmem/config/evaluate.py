@@ -92,10 +92,11 @@ class EvaluateConfig(FrozenConfig):
         "pool would be one worker on this machine",
     )
     envs_per_actor: int = Field(
-        8,
+        16,
         ge=1,
         description="envs each actor steps together (one batched model call per step); "
-        "episodes are handed out in chunks of this many",
+        "episodes are handed out in chunks of this many (fewer, where chunks should "
+        "outnumber the actors)",
     )
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each actor")
     seed: int = Field(
