@@ -21,7 +21,7 @@ The model is the default small DT-Mem (3 layers, d=128, K=20, 1024 memory slots)
 with a fixed target. Torch runs on one thread everywhere (actors set it too). Ray is started
 once beforehand, as on a cluster. Figures last, one per line: ``BENCH <name> <value>``.
 
-    python benchmarks/bench_evaluate.py            # about 2 minutes on 2 cores
+    python benchmarks/bench_evaluate.py            # about 3 minutes on 2 cores
     python benchmarks/bench_evaluate.py --quick    # a smoke test
     python benchmarks/bench_evaluate.py --compare-envs 8   # also 16 envs per actor against 8
 
@@ -137,9 +137,9 @@ def batch_pairs(
 ) -> list[float]:
     """The same episodes with ``sizes[0]`` envs per actor against ``sizes[1]``: warm pools
     opened in turn (which goes first alternates), each timed on one call; rate ratios."""
-    ratios = []
+    ratios: list[float] = []
     for i in range(repeats):
-        rate = {}
+        rate: dict[int, float] = {}
         for envs in sizes if i % 2 == 0 else sizes[::-1]:
             with open_pool(payload, num_actors=actors, envs_per_actor=envs, units=actors) as pool:
                 pool.evaluate(request)  # warm
