@@ -23,9 +23,9 @@ once beforehand, as on a cluster. Figures last, one per line: ``BENCH <name> <va
 
     python benchmarks/bench_evaluate.py            # about 3 minutes on 2 cores
     python benchmarks/bench_evaluate.py --quick    # a smoke test
-    python benchmarks/bench_evaluate.py --compare-envs 8   # also 16 envs per actor against 8
+    python benchmarks/bench_evaluate.py --compare-envs 8   # also E envs per actor against 8
 
-E is ``dtmem evaluate``'s default (16); ``--compare-envs N`` also times the same A*E episodes
+E is ``dtmem evaluate``'s default (``EvaluateConfig.envs_per_actor``); ``--compare-envs N`` also times the same A*E episodes
 on warm pools of E and of N envs per actor, opened in turn (``BENCH eval_envs_E_vs_N``).
 """
 
